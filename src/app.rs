@@ -1,0 +1,158 @@
+//! Building and running the server. Tests use [`Application`] directly:
+//! bind port 0, read the address, run until told to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::AuthService;
+use crate::config::Config;
+use crate::graphql::{self, AppSchema};
+use crate::{db, http};
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: DatabaseConnection,
+    pub auth: AuthService,
+    pub schema: AppSchema,
+    /// Turns `true` when the server begins to shut down; long-lived
+    /// connections (WebSockets) watch it.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A server that is connected, migrated and bound, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Application {
+    /// Connects to the database, applies migrations and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let db = db::connect(&config.database)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))?;
+        db::migrate(&db)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot apply migrations: {e}"))?;
+        let listener = TcpListener::bind(config.server.bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.bind))?;
+        let auth = AuthService::new(db.clone(), config.auth.clone()).await?;
+        let schema = graphql::builder(&config.graphql)
+            .data(auth.clone())
+            .data(db.clone())
+            .finish();
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let state = AppState {
+            config: Arc::new(config),
+            db,
+            auth,
+            schema,
+            shutdown,
+        };
+        Ok(Self {
+            listener,
+            state,
+            shutdown_tx,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.state.config.server.bind)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `signal` completes, then stops taking connections, tells
+    /// WebSockets to close and waits up to `server.shutdown_grace_secs` for
+    /// open requests.
+    pub async fn run_until(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            state,
+            shutdown_tx,
+        } = self;
+        let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
+        let addr = listener.local_addr()?;
+        let housekeeping = tokio::spawn(housekeeping(state.clone()));
+        let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let graceful = async move {
+            signal.await;
+            tracing::info!("shutting down");
+            let _ = shutdown_tx.send(true);
+            let _ = stopping_tx.send(());
+        };
+        tracing::info!(addr = %addr, "listening");
+        let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+        let server = tokio::spawn(async move { server.await });
+        let result = match stopping_rx.await {
+            // Shutdown began: give open requests the grace period.
+            Ok(()) => match tokio::time::timeout(grace, server).await {
+                Ok(joined) => joined?,
+                Err(_) => {
+                    tracing::warn!(
+                        grace_secs = grace.as_secs(),
+                        "connections still open after the grace period; exiting"
+                    );
+                    Ok(())
+                }
+            },
+            // The server ended by itself (an accept error).
+            Err(_) => Ok(()),
+        };
+        housekeeping.abort();
+        state.db.close_by_ref().await.ok();
+        tracing::info!("stopped");
+        Ok(result?)
+    }
+}
+
+/// Periodic upkeep that belongs to no request.
+async fn housekeeping(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.auth.housekeeping().await {
+            tracing::warn!(code = e.code(), "session housekeeping failed");
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,441 @@
+//! Typed configuration, read once at start-up.
+//!
+//! Sources, later ones winning:
+//! 1. built-in defaults (everything works with nothing set);
+//! 2. a TOML file: `--config PATH`, else `modelfleet.toml` in the working
+//!    folder if it exists;
+//! 3. environment variables: `DATABASE_URL`, the shorthands listed on
+//!    [`ENV_SHORTHANDS`], and `MODELFLEET_<SECTION>__<KEY>` for any key
+//!    (`MODELFLEET_AUTH__SESSION_LIFETIME_SECS=3600`).
+//!
+//! A value of the wrong type, an unknown key or a value that breaks a rule
+//! stops start-up with a message that names the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "modelfleet.toml";
+
+/// Environment variables that set one key each, besides the general
+/// `MODELFLEET_<SECTION>__<KEY>` form.
+pub const ENV_SHORTHANDS: &[(&str, &str)] = &[
+    ("MODELFLEET_BIND", "server.bind"),
+    ("MODELFLEET_DATABASE_SCHEMA", "database.schema"),
+    ("MODELFLEET_LOG_FORMAT", "log.format"),
+    ("MODELFLEET_LOG_LEVEL", "log.level"),
+];
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub graphql: GraphqlConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `server.bind` / `MODELFLEET_BIND`: address and port to listen on.
+    /// Default `127.0.0.1:8080`.
+    pub bind: SocketAddr,
+    /// `server.trust_forwarded_for`: take the client address from the first
+    /// `X-Forwarded-For` entry (only behind a proxy that sets it). Default
+    /// `false`.
+    pub trust_forwarded_for: bool,
+    /// `server.shutdown_grace_secs`: on SIGINT/SIGTERM, how long open
+    /// connections may take to finish before the process exits. Default 10.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            trust_forwarded_for: false,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `database.url` / `DATABASE_URL`: `sqlite://PATH?mode=rwc` or
+    /// `postgres://...`. Default: the SQLite file `modelfleet.db` in the
+    /// working folder.
+    pub url: String,
+    /// `database.schema` / `MODELFLEET_DATABASE_SCHEMA` (PostgreSQL only):
+    /// keep every table in this schema, created if missing. Default: none
+    /// (the server's default search path).
+    pub schema: Option<String>,
+    /// `database.max_connections`: pool size. Default 10.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://modelfleet.db?mode=rwc".to_owned(),
+            schema: None,
+            max_connections: 10,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    pub fn is_sqlite(&self) -> bool {
+        self.url.starts_with("sqlite:")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `log.format` / `MODELFLEET_LOG_FORMAT`: `text` (default) or `json`.
+    pub format: LogFormat,
+    /// `log.level` / `MODELFLEET_LOG_LEVEL`: a tracing filter such as `info`
+    /// or `modelfleet=debug,info`. `RUST_LOG`, when set, wins. Default `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `auth.session_lifetime_secs`: how long a signed-in session lives
+    /// without use. Default 7 days.
+    pub session_lifetime_secs: u64,
+    /// `auth.anonymous_session_lifetime_secs`: the same for anonymous
+    /// sessions. Default 1 day.
+    pub anonymous_session_lifetime_secs: u64,
+    /// `auth.session_cache_capacity`: sessions kept in memory. Default 100000.
+    pub session_cache_capacity: u64,
+    /// `auth.session_cache_ttl_secs`: the longest a cached session is trusted
+    /// without a database read. It bounds how long a change made elsewhere
+    /// (another replica, the `user` command) takes to be seen. Default 60.
+    pub session_cache_ttl_secs: u64,
+    /// `auth.rate_limit_per_minute`: sign-up and login attempts allowed per
+    /// client address per minute. Default 20.
+    pub rate_limit_per_minute: u32,
+    /// `auth.rate_limit_burst`: attempts allowed at once before the rate
+    /// applies. Default 10.
+    pub rate_limit_burst: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            session_lifetime_secs: 7 * 24 * 3600,
+            anonymous_session_lifetime_secs: 24 * 3600,
+            session_cache_capacity: 100_000,
+            session_cache_ttl_secs: 60,
+            rate_limit_per_minute: 20,
+            rate_limit_burst: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphqlConfig {
+    /// `graphql.max_depth`: deepest selection allowed. Default 12.
+    pub max_depth: usize,
+    /// `graphql.max_complexity`: most fields a query may select, counting
+    /// each field as 1 (list fields as `first` items). Default 1000.
+    pub max_complexity: usize,
+    /// `graphql.max_body_bytes`: largest request body. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// `graphql.ws_init_timeout_secs`: how long a WebSocket may stay open
+    /// without its `connection_init` message. Default 10.
+    pub ws_init_timeout_secs: u64,
+    /// `graphql.playground`: serve GraphiQL at `/graphiql`. Default `true`.
+    pub playground: bool,
+}
+
+impl Default for GraphqlConfig {
+    fn default() -> Self {
+        Self {
+            max_depth: 12,
+            max_complexity: 1000,
+            max_body_bytes: 1024 * 1024,
+            ws_init_timeout_secs: 10,
+            playground: true,
+        }
+    }
+}
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("configuration: {0}")]
+    Value(String),
+    #[error("configuration key `{key}`: {rule}")]
+    Rule { key: &'static str, rule: String },
+}
+
+impl Config {
+    /// Reads the configuration from defaults, the file and the process
+    /// environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(path, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_from(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match path {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError::File {
+                        path: path.to_owned(),
+                        reason: "no such file".to_owned(),
+                    });
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => {
+                if Path::new(DEFAULT_CONFIG_FILE).is_file() {
+                    figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
+                }
+            }
+        }
+        figment = figment.merge(env_provider(env));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Value(e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Rules that types alone do not express.
+    fn check(&self) -> Result<(), ConfigError> {
+        let rule = |key, rule: &str| {
+            Err(ConfigError::Rule {
+                key,
+                rule: rule.to_owned(),
+            })
+        };
+        let db = &self.database;
+        if !(db.is_sqlite()
+            || db.url.starts_with("postgres://")
+            || db.url.starts_with("postgresql://"))
+        {
+            return rule(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            );
+        }
+        if let Some(schema) = &db.schema {
+            if db.is_sqlite() {
+                return rule("database.schema", "is only for PostgreSQL");
+            }
+            let valid = schema.len() <= 63
+                && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && schema
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid {
+                return rule(
+                    "database.schema",
+                    "must be 1-63 characters: lower-case letters, digits and `_`, not starting with a digit",
+                );
+            }
+        }
+        if db.max_connections == 0 {
+            return rule("database.max_connections", "must be at least 1");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return rule("log.level", &format!("is not a valid filter: {e}"));
+        }
+        let auth = &self.auth;
+        if auth.session_lifetime_secs < 60 {
+            return rule("auth.session_lifetime_secs", "must be at least 60");
+        }
+        if auth.anonymous_session_lifetime_secs < 60 {
+            return rule(
+                "auth.anonymous_session_lifetime_secs",
+                "must be at least 60",
+            );
+        }
+        if auth.rate_limit_per_minute == 0 {
+            return rule("auth.rate_limit_per_minute", "must be at least 1");
+        }
+        if auth.rate_limit_burst == 0 {
+            return rule("auth.rate_limit_burst", "must be at least 1");
+        }
+        let gql = &self.graphql;
+        if gql.max_depth == 0 {
+            return rule("graphql.max_depth", "must be at least 1");
+        }
+        if gql.max_complexity == 0 {
+            return rule("graphql.max_complexity", "must be at least 1");
+        }
+        if gql.max_body_bytes < 1024 {
+            return rule("graphql.max_body_bytes", "must be at least 1024");
+        }
+        Ok(())
+    }
+}
+
+/// Maps environment variables onto configuration keys.
+fn env_provider(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Serialized<figment::value::Dict> {
+    let mut dict = figment::value::Dict::new();
+    let mut put = |key: String, value: String| {
+        // Parsed as figment parses its own environment values, so numbers
+        // and booleans keep their types.
+        let parsed: figment::value::Value = match value.parse() {
+            Ok(v) => v,
+            Err(never) => match never {},
+        };
+        insert_path(&mut dict, &key, parsed);
+    };
+    for (name, value) in env {
+        if name == "DATABASE_URL" {
+            put("database.url".to_owned(), value);
+        } else if let Some((_, key)) = ENV_SHORTHANDS.iter().find(|(n, _)| *n == name) {
+            put((*key).to_owned(), value);
+        } else if let Some(rest) = name.strip_prefix("MODELFLEET_")
+            && rest.contains("__")
+        {
+            put(rest.to_ascii_lowercase().replace("__", "."), value);
+        }
+    }
+    Serialized::defaults(dict)
+}
+
+fn insert_path(dict: &mut figment::value::Dict, key: &str, value: figment::value::Value) {
+    match key.split_once('.') {
+        None => {
+            dict.insert(key.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let entry = dict
+                .entry(head.to_owned())
+                .or_insert_with(|| figment::value::Dict::new().into());
+            if let figment::value::Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("absent.toml");
+        // An explicit missing file is an error; no file at all is not.
+        assert!(Config::load_from(Some(&missing), env(&[])).is_err());
+        let config = Config::load_from(None, env(&[])).expect("defaults load");
+        assert_eq!(config.server.bind.to_string(), "127.0.0.1:8080");
+        assert!(config.database.is_sqlite());
+        assert_eq!(config.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "[server]\nbind = \"127.0.0.1:9000\"\n[auth]\nrate_limit_per_minute = 5\n",
+        )
+        .expect("write");
+        let config = Config::load_from(
+            Some(&path),
+            env(&[
+                ("MODELFLEET_BIND", "0.0.0.0:7000"),
+                ("DATABASE_URL", "postgres://u@h/db"),
+                ("MODELFLEET_AUTH__RATE_LIMIT_BURST", "3"),
+                ("MODELFLEET_LOG_FORMAT", "json"),
+                ("MODELFLEET_UNRELATED", "ignored"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(config.server.bind.to_string(), "0.0.0.0:7000");
+        assert_eq!(config.database.url, "postgres://u@h/db");
+        assert_eq!(config.auth.rate_limit_per_minute, 5);
+        assert_eq!(config.auth.rate_limit_burst, 3);
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.toml");
+        let cases = [
+            ("[server]\nbind = \"nowhere\"\n", "server.bind"),
+            ("[server]\nbnd = \"127.0.0.1:1\"\n", "bnd"),
+            ("[log]\nformat = \"xml\"\n", "log.format"),
+            (
+                "[auth]\nsession_lifetime_secs = -5\n",
+                "auth.session_lifetime_secs",
+            ),
+            (
+                "[auth]\nsession_lifetime_secs = 5\n",
+                "auth.session_lifetime_secs",
+            ),
+            ("[database]\nschema = \"x\"\n", "database.schema"),
+            (
+                "[database]\nurl = \"postgres://h/db\"\nschema = \"Robert'); DROP\"\n",
+                "database.schema",
+            ),
+            ("[database]\nurl = \"mysql://h/db\"\n", "database.url"),
+            ("[graphql]\nmax_depth = 0\n", "graphql.max_depth"),
+        ];
+        for (text, key) in cases {
+            std::fs::write(&path, text).expect("write");
+            let err = Config::load_from(Some(&path), env(&[]))
+                .expect_err(text)
+                .to_string();
+            assert!(
+                err.contains(key),
+                "{text:?} gave {err:?}, which does not name {key}"
+            );
+        }
+        let err = Config::load_from(None, env(&[("MODELFLEET_BIND", "x")]))
+            .expect_err("bad env")
+            .to_string();
+        assert!(err.contains("server.bind"), "{err}");
+    }
+}

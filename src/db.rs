@@ -1,0 +1,67 @@
+//! Database connection and migrations.
+//!
+//! SQLite runs in WAL mode with foreign keys enforced. On PostgreSQL an
+//! optional schema holds everything: it is created if missing, and every
+//! pooled connection is opened with its `search_path` set to it, so no
+//! statement (migrations included) can land in `public`.
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+
+use crate::config::DatabaseConfig;
+
+/// Opens the pool described by `config`.
+pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbErr> {
+    let mut opts = ConnectOptions::new(config.url.clone());
+    opts.max_connections(config.max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    if config.is_sqlite() {
+        opts.map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10))
+                .create_if_missing(true)
+        });
+    }
+    if let Some(schema) = &config.schema {
+        create_schema(&config.url, schema).await?;
+        opts.set_schema_search_path(schema.clone());
+    }
+    Database::connect(opts).await
+}
+
+/// Creates a PostgreSQL schema on a connection of its own, before the pool
+/// that uses it exists. `schema` has been checked to be a plain identifier.
+async fn create_schema(url: &str, schema: &str) -> Result<(), DbErr> {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.max_connections(1).sqlx_logging(false);
+    let conn = Database::connect(opts).await?;
+    conn.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        .await?;
+    conn.close().await
+}
+
+/// Applies every pending migration.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    Migrator::up(db, None).await
+}
+
+/// Whether the database answers and has every migration applied.
+pub async fn ready(db: &DatabaseConnection) -> Result<(), String> {
+    db.ping()
+        .await
+        .map_err(|e| format!("database unreachable: {e}"))?;
+    let pending = Migrator::get_pending_migrations(db)
+        .await
+        .map_err(|e| format!("cannot read migrations: {e}"))?;
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} migrations pending", pending.len()))
+    }
+}

@@ -1,0 +1,28 @@
+//! Liveness and readiness probes.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use crate::app::AppState;
+
+/// The process is up.
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// The database answers and every migration is applied.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match crate::db::ready(&state.db).await {
+        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Err(reason) => {
+            tracing::warn!(reason, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable", "reason": reason })),
+            )
+        }
+    }
+}

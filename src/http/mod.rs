@@ -1,0 +1,47 @@
+//! The HTTP surface: routes, request logging and the pieces each route
+//! needs.
+
+mod graphql;
+mod health;
+mod logging;
+mod playground;
+mod ws;
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::Router;
+use axum::http::HeaderMap;
+use axum::routing::get;
+
+use crate::app::AppState;
+
+/// Every route the server answers.
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/graphql", get(graphql::get).post(graphql::post))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    if state.config.graphql.playground {
+        router = router
+            .route("/graphiql", get(playground::page))
+            .route("/graphiql/assets/{name}", get(playground::asset));
+    }
+    router
+        .layer(axum::middleware::from_fn(logging::log_request))
+        .with_state(state)
+}
+
+/// The client's address: the peer, or with `server.trust_forwarded_for` the
+/// first `X-Forwarded-For` entry.
+fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    if state.config.server.trust_forwarded_for
+        && let Some(forwarded) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    {
+        return forwarded;
+    }
+    peer.ip()
+}

@@ -1,0 +1,177 @@
+//! GraphQL over WebSocket, in both sub-protocols (graphql-transport-ws wins
+//! when a client offers both).
+//!
+//! Credentials come in the `connection_init` payload, as `token` or as an
+//! `Authorization: Bearer ...` entry (top level or under `headers`). The
+//! connection is closed when no init arrives in time, when its session
+//! ends (logout, password change, expiry), and on server shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::http::{WebSocketProtocols, WsMessage};
+use async_graphql::{Data, ErrorExtensions};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{broadcast, watch};
+use uuid::Uuid;
+
+use super::client_ip;
+use super::graphql::parse_bearer;
+use crate::app::AppState;
+use crate::auth::{Session, SessionEvent};
+use crate::error::ApiError;
+use crate::graphql::{BearerToken, ClientAddr};
+
+/// How often an authenticated connection checks that its session still
+/// holds (expiry; a logout is seen at once).
+const SESSION_CHECK: Duration = Duration::from_secs(30);
+
+/// Picks the sub-protocol: graphql-transport-ws over graphql-ws.
+fn choose_protocol(headers: &HeaderMap) -> Option<WebSocketProtocols> {
+    let offered: Vec<WebSocketProtocols> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    if offered.contains(&WebSocketProtocols::GraphQLWS) {
+        Some(WebSocketProtocols::GraphQLWS)
+    } else {
+        offered.first().copied()
+    }
+}
+
+pub fn upgrade(
+    state: AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Some(protocol) = choose_protocol(headers) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "offer the graphql-transport-ws or graphql-ws sub-protocol",
+        )
+            .into_response();
+    };
+    let addr = ClientAddr(client_ip(&state, peer, headers));
+    upgrade
+        .protocols([protocol.sec_websocket_protocol()])
+        .on_upgrade(move |socket| serve(state, socket, protocol, addr))
+}
+
+/// The token in a `connection_init` payload, if any.
+fn init_token(payload: &serde_json::Value) -> Option<Result<String, ApiError>> {
+    let str_at =
+        |v: &serde_json::Value, key: &str| v.get(key).and_then(|t| t.as_str()).map(str::to_owned);
+    if let Some(token) = str_at(payload, "token") {
+        return Some(Ok(token));
+    }
+    let headers = payload.get("headers").unwrap_or(payload);
+    let auth = str_at(headers, "Authorization").or_else(|| str_at(headers, "authorization"))?;
+    Some(parse_bearer(&auth))
+}
+
+async fn serve(state: AppState, socket: WebSocket, protocol: WebSocketProtocols, addr: ClientAddr) {
+    let (mut sink, stream) = socket.split();
+    let incoming = stream
+        .take_while(|m| futures_util::future::ready(!matches!(m, Ok(Message::Close(_)) | Err(_))))
+        .filter_map(|m| {
+            futures_util::future::ready(match m {
+                Ok(Message::Text(t)) => Some(t.as_str().as_bytes().to_vec()),
+                Ok(Message::Binary(b)) => Some(b.to_vec()),
+                _ => None,
+            })
+        });
+
+    // Set once the init message has been accepted: the session, if any.
+    let (init_tx, mut init_rx) = watch::channel::<Option<Option<(Arc<Session>, String)>>>(None);
+    let auth = state.auth.clone();
+    let mut connection =
+        async_graphql::http::WebSocket::new(state.schema.clone(), incoming, protocol)
+            .on_connection_init(move |payload| async move {
+                let mut data = Data::default();
+                data.insert(addr);
+                let session = match init_token(&payload) {
+                    None => None,
+                    Some(token) => {
+                        let token = token.map_err(|e| e.extend())?;
+                        let session = auth.authenticate(&token).await.map_err(|e| e.extend())?;
+                        data.insert(session.clone());
+                        data.insert(BearerToken(token.clone()));
+                        Some((session, token))
+                    }
+                };
+                let _ = init_tx.send(Some(session));
+                Ok(data)
+            })
+            .keepalive_timeout(Duration::from_secs(60));
+
+    let mut events = state.auth.events();
+    let mut shutdown = state.shutdown.clone();
+    let init_deadline = tokio::time::sleep(Duration::from_secs(
+        state.config.graphql.ws_init_timeout_secs,
+    ));
+    tokio::pin!(init_deadline);
+    let mut check = tokio::time::interval(SESSION_CHECK);
+    let mut initialised = false;
+    let mut session: Option<(Uuid, String)> = None;
+
+    let close: Option<(u16, &str)> = loop {
+        tokio::select! {
+            message = connection.next() => match message {
+                Some(WsMessage::Text(text)) => {
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(WsMessage::Close(code, reason)) => {
+                    let _ = sink.send(close_frame(code, &reason)).await;
+                    break None;
+                }
+                None => break None,
+            },
+            Ok(()) = init_rx.changed(), if !initialised => {
+                if let Some(accepted) = init_rx.borrow_and_update().clone() {
+                    initialised = true;
+                    session = accepted.map(|(s, token)| (s.id, token));
+                }
+            }
+            () = &mut init_deadline, if !initialised => {
+                break Some((4408, "Connection initialisation timeout"));
+            }
+            event = events.recv(), if session.is_some() => match event {
+                Ok(SessionEvent::Ended { session_id }) if session.as_ref().is_some_and(|s| s.0 == session_id) => {
+                    break Some((4401, "session ended"));
+                }
+                Err(broadcast::error::RecvError::Closed) => break None,
+                _ => {}
+            },
+            _ = check.tick(), if session.is_some() => {
+                if let Some((_, token)) = &session
+                    && let Err(e) = state.auth.authenticate(token).await
+                    && !matches!(e, ApiError::Internal)
+                {
+                    break Some((4401, "session expired"));
+                }
+            }
+            _ = shutdown.changed() => break Some((1001, "server shutting down")),
+        }
+    };
+    if let Some((code, reason)) = close {
+        tracing::debug!(code, reason, "closing websocket");
+        let _ = sink.send(close_frame(code, reason)).await;
+    }
+}
+
+fn close_frame(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
