@@ -84,6 +84,12 @@ impl AuthService {
         self.inner.session_db_reads.load(Ordering::Relaxed)
     }
 
+    /// Drops every cached session; the next lookup of each reads the
+    /// database. For operators and tests: sessions stay valid.
+    pub fn clear_cache(&self) {
+        self.inner.cache.invalidate_all();
+    }
+
     /// Counts one sign-up or login attempt from `addr`.
     pub fn check_rate(&self, addr: IpAddr) -> Result<(), ApiError> {
         self.inner.limiter.check_key(&addr).map_err(|not_until| {

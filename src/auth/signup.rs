@@ -49,6 +49,9 @@ fn starts_with_letter(value: &str) -> Result<(), ValidationError> {
 }
 
 fn email_address(value: &str) -> Result<(), ValidationError> {
+    // Checked in the form it is compared in, so that a decomposed accent is
+    // as valid as a precomposed one.
+    let value: String = value.nfc().collect();
     if value.is_empty() {
         return Err(ValidationError::new("required").with_message("is required".into()));
     }

@@ -5,6 +5,7 @@
 //! [`ClientAddr`], and the [`BearerToken`] itself.
 
 mod account;
+mod codes;
 mod guard;
 mod pagination;
 mod users;
@@ -47,6 +48,7 @@ pub fn builder(config: &GraphqlConfig) -> SchemaBuilder<Query, Mutation, Subscri
     .limit_complexity(config.max_complexity)
     .limit_recursive_depth(config.max_depth.max(32))
     .limit_directives(16)
+    .extension(codes::ErrorCodes)
 }
 
 /// The SDL of the schema, as checked in at `schema/schema.graphql`.

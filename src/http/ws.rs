@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_graphql::http::{WebSocketProtocols, WsMessage};
@@ -91,7 +92,9 @@ async fn serve(state: AppState, socket: WebSocket, protocol: WebSocketProtocols,
 
     // Set once the init message has been accepted: the session, if any.
     let (init_tx, mut init_rx) = watch::channel::<Option<Option<(Arc<Session>, String)>>>(None);
+    let rejected = Arc::new(AtomicBool::new(false));
     let auth = state.auth.clone();
+    let rejected_in_init = rejected.clone();
     let mut connection =
         async_graphql::http::WebSocket::new(state.schema.clone(), incoming, protocol)
             .on_connection_init(move |payload| async move {
@@ -100,8 +103,14 @@ async fn serve(state: AppState, socket: WebSocket, protocol: WebSocketProtocols,
                 let session = match init_token(&payload) {
                     None => None,
                     Some(token) => {
-                        let token = token.map_err(|e| e.extend())?;
-                        let session = auth.authenticate(&token).await.map_err(|e| e.extend())?;
+                        let resolved = match token {
+                            Ok(token) => auth.authenticate(&token).await.map(|s| (s, token)),
+                            Err(e) => Err(e),
+                        };
+                        let (session, token) = resolved.map_err(|e| {
+                            rejected_in_init.store(true, Ordering::Relaxed);
+                            e.extend()
+                        })?;
                         data.insert(session.clone());
                         data.insert(BearerToken(token.clone()));
                         Some((session, token))
@@ -131,6 +140,9 @@ async fn serve(state: AppState, socket: WebSocket, protocol: WebSocketProtocols,
                     }
                 }
                 Some(WsMessage::Close(code, reason)) => {
+                    // graphql-transport-ws says 4403 for a refused init;
+                    // async-graphql sends a generic protocol error.
+                    let code = if rejected.load(Ordering::Relaxed) { 4403 } else { code };
                     let _ = sink.send(close_frame(code, &reason)).await;
                     break None;
                 }

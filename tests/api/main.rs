@@ -1,0 +1,13 @@
+//! Integration tests: the real server on a free port, over HTTP and
+//! WebSocket, against SQLite and PostgreSQL.
+
+#[macro_use]
+mod support;
+
+mod accounts;
+mod cli;
+mod graphql_surface;
+mod permissions;
+mod postgres_schema;
+mod sessions;
+mod websocket;
