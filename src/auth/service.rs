@@ -47,6 +47,7 @@ struct Inner {
     /// username costs as long as a wrong password.
     dummy_hash: String,
     session_db_reads: AtomicU64,
+    password_verifications: AtomicU64,
 }
 
 impl AuthService {
@@ -70,6 +71,7 @@ impl AuthService {
                 events,
                 dummy_hash,
                 session_db_reads: AtomicU64::new(0),
+                password_verifications: AtomicU64::new(0),
             }),
         })
     }
@@ -82,6 +84,13 @@ impl AuthService {
     /// How many session lookups went to the database (cache misses).
     pub fn session_db_reads(&self) -> u64 {
         self.inner.session_db_reads.load(Ordering::Relaxed)
+    }
+
+    /// How many login attempts verified a password hash. Every attempt
+    /// does, whether or not the account exists: that is what makes a wrong
+    /// username cost as much as a wrong password.
+    pub fn password_verifications(&self) -> u64 {
+        self.inner.password_verifications.load(Ordering::Relaxed)
     }
 
     /// Drops every cached session; the next lookup of each reads the
@@ -357,6 +366,9 @@ impl AuthService {
             || self.inner.dummy_hash.clone(),
             |u| u.password_hash.clone(),
         );
+        self.inner
+            .password_verifications
+            .fetch_add(1, Ordering::Relaxed);
         let matches = password::verify(password.to_owned(), phc)
             .await
             .map_err(|e| ApiError::internal("password verification", e))?;

@@ -6,6 +6,7 @@ mod support;
 
 mod accounts;
 mod cli;
+mod database;
 mod graphql_surface;
 mod permissions;
 mod postgres_schema;

@@ -1,0 +1,54 @@
+//! The embedded SQLite database runs in WAL mode with foreign keys enforced
+//! on every pooled connection.
+
+use chrono::Utc;
+use entity::user_role;
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DbBackend, EntityTrait, Statement};
+
+use crate::support::{Db, TestApp};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_uses_wal_and_enforces_foreign_keys() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let db = &app.state.db;
+    // Ask several times so that more than one pooled connection answers.
+    let mut asks = Vec::new();
+    for _ in 0..6 {
+        asks.push(async {
+            let mode = db
+                .query_one_raw(Statement::from_string(
+                    DbBackend::Sqlite,
+                    "PRAGMA journal_mode",
+                ))
+                .await
+                .expect("pragma")
+                .expect("row")
+                .try_get_by_index::<String>(0)
+                .expect("mode");
+            let fk = db
+                .query_one_raw(Statement::from_string(
+                    DbBackend::Sqlite,
+                    "PRAGMA foreign_keys",
+                ))
+                .await
+                .expect("pragma")
+                .expect("row")
+                .try_get_by_index::<i32>(0)
+                .expect("fk");
+            (mode, fk)
+        });
+    }
+    for (mode, fk) in futures_util::future::join_all(asks).await {
+        assert_eq!(mode, "wal");
+        assert_eq!(fk, 1);
+    }
+    // A role for a user that does not exist is refused by the database.
+    let orphan = user_role::Entity::insert(user_role::ActiveModel {
+        user_id: Set(uuid::Uuid::now_v7()),
+        role: Set("ADMIN".to_owned()),
+        granted_at: Set(Utc::now()),
+    })
+    .exec(db)
+    .await;
+    assert!(orphan.is_err(), "foreign key not enforced");
+}
