@@ -101,12 +101,13 @@ impl Application {
         };
         tracing::info!(addr = %addr, "listening");
         let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
-        let server = tokio::spawn(async move { server.await });
+        let mut server = tokio::spawn(async move { server.await });
         let result = match stopping_rx.await {
             // Shutdown began: give open requests the grace period.
-            Ok(()) => match tokio::time::timeout(grace, server).await {
+            Ok(()) => match tokio::time::timeout(grace, &mut server).await {
                 Ok(joined) => joined?,
                 Err(_) => {
+                    server.abort();
                     tracing::warn!(
                         grace_secs = grace.as_secs(),
                         "connections still open after the grace period; exiting"

@@ -18,6 +18,18 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::models::{ModelConfig, ModelSpec};
+
+/// Extra models, read from beside the configuration file.
+pub const MODELS_FILE: &str = "models.toml";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelsFile {
+    #[serde(default)]
+    models: Vec<ModelConfig>,
+}
+
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "modelfleet.toml";
 
@@ -38,6 +50,14 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub graphql: GraphqlConfig,
+    /// `[[models]]`: the models to serve (see [`crate::models::ModelConfig`]);
+    /// more may come from a `models.toml` beside the configuration file.
+    /// With none anywhere, the example models are served.
+    pub models: Vec<ModelConfig>,
+    /// The folder relative model paths are taken from: the configuration
+    /// file's, else the working folder.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,7 +85,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `database.url` / `DATABASE_URL`: `sqlite://PATH?mode=rwc` or
@@ -90,7 +110,29 @@ impl Default for DatabaseConfig {
     }
 }
 
+/// Prints the URL without its password.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.redacted_url())
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
 impl DatabaseConfig {
+    /// The URL with any password replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        match url::Url::parse(&self.url) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            _ => self.url.clone(),
+        }
+    }
+
     pub fn is_sqlite(&self) -> bool {
         self.url.starts_with("sqlite:")
     }
@@ -195,7 +237,7 @@ pub enum ConfigError {
     #[error("configuration: {0}")]
     Value(String),
     #[error("configuration key `{key}`: {rule}")]
-    Rule { key: &'static str, rule: String },
+    Rule { key: String, rule: String },
 }
 
 impl Config {
@@ -228,18 +270,65 @@ impl Config {
             }
         }
         figment = figment.merge(env_provider(env));
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Value(e.to_string()))?;
+        let mut config: Config = figment.extract().map_err(describe)?;
+        config.base_dir =
+            match path.or_else(|| Some(Path::new(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file())) {
+                Some(file) => file
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+                None => PathBuf::from("."),
+            };
+        let models_file = config.base_dir.join(MODELS_FILE);
+        if models_file.is_file() {
+            let file: ModelsFile = Figment::from(Toml::file_exact(&models_file))
+                .extract()
+                .map_err(|e| ConfigError::File {
+                    path: models_file.clone(),
+                    reason: e.to_string(),
+                })?;
+            config.models.extend(file.models);
+        }
         config.check()?;
         Ok(config)
     }
 
+    /// The models to serve, validated: the configured ones, or the examples
+    /// when none is configured.
+    pub fn model_specs(&self) -> Result<Vec<ModelSpec>, ConfigError> {
+        let configured = if self.models.is_empty() {
+            crate::models::example_models()
+        } else {
+            self.models.clone()
+        };
+        let base = std::path::absolute(&self.base_dir).unwrap_or_else(|_| self.base_dir.clone());
+        let mut seen = std::collections::HashSet::new();
+        let mut specs = Vec::new();
+        for (i, model) in configured.into_iter().enumerate() {
+            let id = model.id.clone();
+            let spec = model.validate(&base).map_err(|errors| {
+                let (field, messages) = errors.into_iter().next().unwrap_or_default();
+                ConfigError::Rule {
+                    key: format!("models[{i}].{field}"),
+                    rule: messages.join("; "),
+                }
+            })?;
+            if !seen.insert(id.clone()) {
+                return Err(ConfigError::Rule {
+                    key: format!("models[{i}].id"),
+                    rule: format!("`{id}` is used by an earlier model"),
+                });
+            }
+            specs.push(spec);
+        }
+        Ok(specs)
+    }
+
     /// Rules that types alone do not express.
     fn check(&self) -> Result<(), ConfigError> {
-        let rule = |key, rule: &str| {
+        let rule = |key: &str, rule: &str| {
             Err(ConfigError::Rule {
-                key,
+                key: key.to_owned(),
                 rule: rule.to_owned(),
             })
         };
@@ -252,6 +341,9 @@ impl Config {
                 "database.url",
                 "must start with sqlite:, postgres:// or postgresql://",
             );
+        }
+        if let Err(e) = url::Url::parse(&db.url) {
+            return rule("database.url", &format!("is not a valid URL: {e}"));
         }
         if let Some(schema) = &db.schema {
             if db.is_sqlite() {
@@ -276,14 +368,13 @@ impl Config {
             return rule("log.level", &format!("is not a valid filter: {e}"));
         }
         let auth = &self.auth;
-        if auth.session_lifetime_secs < 60 {
-            return rule("auth.session_lifetime_secs", "must be at least 60");
+        const TEN_YEARS: u64 = 10 * 366 * 24 * 3600;
+        let lifetime_rule = "must be between 60 and 316224000 (10 years)";
+        if !(60..=TEN_YEARS).contains(&auth.session_lifetime_secs) {
+            return rule("auth.session_lifetime_secs", lifetime_rule);
         }
-        if auth.anonymous_session_lifetime_secs < 60 {
-            return rule(
-                "auth.anonymous_session_lifetime_secs",
-                "must be at least 60",
-            );
+        if !(60..=TEN_YEARS).contains(&auth.anonymous_session_lifetime_secs) {
+            return rule("auth.anonymous_session_lifetime_secs", lifetime_rule);
         }
         if auth.rate_limit_per_minute == 0 {
             return rule("auth.rate_limit_per_minute", "must be at least 1");
@@ -291,6 +382,7 @@ impl Config {
         if auth.rate_limit_burst == 0 {
             return rule("auth.rate_limit_burst", "must be at least 1");
         }
+        self.model_specs()?;
         let gql = &self.graphql;
         if gql.max_depth == 0 {
             return rule("graphql.max_depth", "must be at least 1");
@@ -303,6 +395,22 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Turns figment's errors into one line per problem, each naming its key.
+fn describe(errors: figment::Error) -> ConfigError {
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            if key.is_empty() {
+                e.kind.to_string()
+            } else {
+                format!("key `{key}`: {}", e.kind)
+            }
+        })
+        .collect();
+    ConfigError::Value(lines.join("; "))
 }
 
 /// Maps environment variables onto configuration keys.
@@ -319,16 +427,22 @@ fn env_provider(
         };
         insert_path(&mut dict, &key, parsed);
     };
+    // The general form first, so that the shorter names win when both set
+    // the same key, whatever order the environment lists them in.
+    let mut shorthands = Vec::new();
     for (name, value) in env {
         if name == "DATABASE_URL" {
-            put("database.url".to_owned(), value);
+            shorthands.push(("database.url".to_owned(), value));
         } else if let Some((_, key)) = ENV_SHORTHANDS.iter().find(|(n, _)| *n == name) {
-            put((*key).to_owned(), value);
+            shorthands.push(((*key).to_owned(), value));
         } else if let Some(rest) = name.strip_prefix("MODELFLEET_")
             && rest.contains("__")
         {
             put(rest.to_ascii_lowercase().replace("__", "."), value);
         }
+    }
+    for (key, value) in shorthands {
+        put(key, value);
     }
     Serialized::defaults(dict)
 }
@@ -421,6 +535,18 @@ mod tests {
                 "database.schema",
             ),
             ("[database]\nurl = \"mysql://h/db\"\n", "database.url"),
+            (
+                "[database]\nurl = \"postgres://[oops/db\"\n",
+                "database.url",
+            ),
+            (
+                "[auth]\nsession_lifetime_secs = 100000000000000\n",
+                "auth.session_lifetime_secs",
+            ),
+            (
+                "[[models]]\nid = \"Bad Id\"\n[models.local]\ncommand = [\"x\"]\nworkdir = \".\"\n",
+                "models[0].id",
+            ),
             ("[graphql]\nmax_depth = 0\n", "graphql.max_depth"),
         ];
         for (text, key) in cases {
@@ -433,9 +559,28 @@ mod tests {
                 "{text:?} gave {err:?}, which does not name {key}"
             );
         }
+        let config = Config::load_from(None, env(&[("DATABASE_URL", "postgres://u:hunter2@h/db")]))
+            .expect("load");
+        assert!(!format!("{config:?}").contains("hunter2"));
         let err = Config::load_from(None, env(&[("MODELFLEET_BIND", "x")]))
             .expect_err("bad env")
             .to_string();
-        assert!(err.contains("server.bind"), "{err}");
+        assert!(err.contains("`server.bind`"), "{err}");
+        let err = Config::load_from(None, env(&[("MODELFLEET_GRAPHQL__MAX_DEPTH", "abc")]))
+            .expect_err("bad env")
+            .to_string();
+        assert!(
+            err.contains("key `graphql.max_depth`") && !err.contains("src/"),
+            "{err}"
+        );
+        let config = Config::load_from(
+            None,
+            env(&[
+                ("MODELFLEET_BIND", "127.0.0.1:1"),
+                ("MODELFLEET_SERVER__BIND", "127.0.0.1:2"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(config.server.bind.port(), 1, "the shorthand wins");
     }
 }

@@ -51,17 +51,32 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await
 }
 
+/// Why the server is not ready: a summary fit for any caller, and the
+/// detail for the log.
+#[derive(Debug)]
+pub struct NotReady {
+    pub summary: &'static str,
+    pub detail: String,
+}
+
 /// Whether the database answers and has every migration applied.
-pub async fn ready(db: &DatabaseConnection) -> Result<(), String> {
-    db.ping()
-        .await
-        .map_err(|e| format!("database unreachable: {e}"))?;
+pub async fn ready(db: &DatabaseConnection) -> Result<(), NotReady> {
+    db.ping().await.map_err(|e| NotReady {
+        summary: "database unreachable",
+        detail: e.to_string(),
+    })?;
     let pending = Migrator::get_pending_migrations(db)
         .await
-        .map_err(|e| format!("cannot read migrations: {e}"))?;
+        .map_err(|e| NotReady {
+            summary: "cannot read migrations",
+            detail: e.to_string(),
+        })?;
     if pending.is_empty() {
         Ok(())
     } else {
-        Err(format!("{} migrations pending", pending.len()))
+        Err(NotReady {
+            summary: "migrations pending",
+            detail: format!("{} migrations pending", pending.len()),
+        })
     }
 }

@@ -1,6 +1,8 @@
 //! Logging set-up. The rules for what is logged, and how, are in
 //! `docs/LOGGING.md`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
@@ -16,7 +18,8 @@ pub fn init(config: &LogConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_span_events(FmtSpan::NONE)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _already_set = match config.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder

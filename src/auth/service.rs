@@ -13,8 +13,8 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use moka::future::Cache;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    SqlErr, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, SqlErr, TransactionTrait,
 };
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -48,6 +48,11 @@ struct Inner {
     dummy_hash: String,
     session_db_reads: AtomicU64,
     password_verifications: AtomicU64,
+    /// Bumped by every change that invalidates cached sessions (logout,
+    /// role or password change). A lookup that raced with such a change
+    /// drops what it just cached, so a stale entry cannot outlive the
+    /// invalidation.
+    epoch: AtomicU64,
 }
 
 impl AuthService {
@@ -72,6 +77,7 @@ impl AuthService {
                 dummy_hash,
                 session_db_reads: AtomicU64::new(0),
                 password_verifications: AtomicU64::new(0),
+                epoch: AtomicU64::new(0),
             }),
         })
     }
@@ -103,7 +109,8 @@ impl AuthService {
     pub fn check_rate(&self, addr: IpAddr) -> Result<(), ApiError> {
         self.inner.limiter.check_key(&addr).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            tracing::warn!(client_addr = %addr, "sign-up/login rate limit exceeded");
+            // The address itself is personal data; the event is what matters.
+            tracing::warn!("sign-up/login rate limit exceeded");
             ApiError::RateLimited {
                 retry_after_secs: wait.as_secs().max(1),
             }
@@ -129,6 +136,7 @@ impl AuthService {
             return self.slide(cached, now).await;
         }
         self.inner.session_db_reads.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.inner.epoch.load(Ordering::SeqCst);
         let row = session::Entity::find()
             .filter(session::Column::TokenHash.eq(digest.as_str()))
             .one(&self.inner.db)
@@ -142,7 +150,8 @@ impl AuthService {
             return Err(ApiError::SessionExpired);
         }
         let session = Arc::new(self.load(row).await?);
-        self.inner.cache.insert(digest, session.clone()).await;
+        self.cache_unless_changed(digest, session.clone(), epoch)
+            .await;
         self.slide(session, now).await
     }
 
@@ -158,11 +167,26 @@ impl AuthService {
         self.extend(&session, now).await
     }
 
+    /// Caches a session read from the database, unless an invalidation
+    /// happened since the read began (`epoch` was read before it).
+    async fn cache_unless_changed(&self, digest: String, session: Arc<Session>, epoch: u64) {
+        self.inner.cache.insert(digest.clone(), session).await;
+        if self.inner.epoch.load(Ordering::SeqCst) != epoch {
+            self.inner.cache.invalidate(&digest).await;
+        }
+    }
+
+    /// Marks cached sessions stale before they are invalidated.
+    fn bump_epoch(&self) {
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
     async fn extend(
         &self,
         session: &Session,
         now: DateTime<Utc>,
     ) -> Result<Arc<Session>, ApiError> {
+        let epoch = self.inner.epoch.load(Ordering::SeqCst);
         let expires_at = now + self.lifetime(session.auth_type);
         let updated = session::Entity::update_many()
             .col_expr(session::Column::ExpiresAt, expires_at.into())
@@ -179,9 +203,7 @@ impl AuthService {
             expires_at,
             ..session.clone()
         });
-        self.inner
-            .cache
-            .insert(session.token_digest.clone(), extended.clone())
+        self.cache_unless_changed(session.token_digest.clone(), extended.clone(), epoch)
             .await;
         tracing::debug!(session_id = %session.id, expires_at = %expires_at, "session extended");
         Ok(extended)
@@ -393,6 +415,7 @@ impl AuthService {
         session::Entity::delete_by_id(session.id)
             .exec(&self.inner.db)
             .await?;
+        self.bump_epoch();
         self.inner.cache.invalidate(&session.token_digest).await;
         let _no_listeners = self.inner.events.send(SessionEvent::Ended {
             session_id: session.id,
@@ -456,6 +479,7 @@ impl AuthService {
             .exec(&txn)
             .await?;
         txn.commit().await?;
+        self.bump_epoch();
         for other in &others {
             self.inner.cache.invalidate(&other.token_hash).await;
             let _no_listeners = self.inner.events.send(SessionEvent::Ended {
@@ -502,6 +526,7 @@ impl AuthService {
     }
 
     fn user_changed(&self, user_id: Uuid) {
+        self.bump_epoch();
         // Invalidation closures only fail when the cache was built without
         // support for them, which `new` always enables.
         let _ = self
@@ -533,9 +558,54 @@ impl AuthService {
         Ok(())
     }
 
-    /// The user and roles behind `user_id`, for the admin `users` listing.
-    pub fn db(&self) -> &DatabaseConnection {
-        &self.inner.db
+    /// The stand-in hash verified for unknown accounts.
+    pub fn stand_in_hash(&self) -> &str {
+        &self.inner.dummy_hash
+    }
+
+    /// A page of accounts with their roles, newest first, after the
+    /// `(created_at, id)` of `after`; one more than `limit` when there are
+    /// more.
+    pub async fn list_users(
+        &self,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: u64,
+    ) -> Result<Vec<(user::Model, Vec<Role>)>, ApiError> {
+        let mut query = user::Entity::find()
+            .order_by_desc(user::Column::CreatedAt)
+            .order_by_desc(user::Column::Id)
+            .limit(limit);
+        if let Some((at, id)) = after {
+            query = query.filter(
+                Condition::any().add(user::Column::CreatedAt.lt(at)).add(
+                    Condition::all()
+                        .add(user::Column::CreatedAt.eq(at))
+                        .add(user::Column::Id.lt(id)),
+                ),
+            );
+        }
+        let users = query.all(&self.inner.db).await?;
+        // One query for every row's roles.
+        let ids: Vec<Uuid> = users.iter().map(|u| u.id).collect();
+        let mut roles: std::collections::HashMap<Uuid, Vec<Role>> =
+            std::collections::HashMap::new();
+        for r in user_role::Entity::find()
+            .filter(user_role::Column::UserId.is_in(ids))
+            .order_by_asc(user_role::Column::Role)
+            .all(&self.inner.db)
+            .await?
+        {
+            if let Some(role) = Role::parse(&r.role) {
+                roles.entry(r.user_id).or_default().push(role);
+            }
+        }
+        Ok(users
+            .into_iter()
+            .map(|u| {
+                let held = roles.remove(&u.id).unwrap_or_default();
+                (u, held)
+            })
+            .collect())
     }
 }
 

@@ -79,7 +79,11 @@ fn read_password() -> anyhow::Result<String> {
         return Ok(first);
     }
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
+    let read = std::io::stdin().lock().read_line(&mut line)?;
+    anyhow::ensure!(
+        read > 0,
+        "no password given: pipe it on standard input, or run on a terminal to be asked"
+    );
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 

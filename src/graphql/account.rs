@@ -156,7 +156,9 @@ impl AccountMutation {
     }
 
     /// Starts a session with no account, for submitting requests.
+    /// Rate-limited per client address, as sign-up and login are.
     async fn start_anonymous_session(&self, ctx: &Context<'_>) -> Result<AuthPayload> {
+        rate_limit(ctx)?;
         Ok(auth(ctx).start_anonymous().await?.into())
     }
 

@@ -1,12 +1,8 @@
 //! Accounts, for administrators.
 
-use std::collections::HashMap;
-
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::{Context, ID, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
-use entity::{user, user_role};
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 
 use super::RequirePermission;
@@ -45,46 +41,21 @@ impl UsersQuery {
         after: Option<String>,
     ) -> Result<Connection<String, User, EmptyFields, EmptyFields>> {
         let limit = pagination::page_size(first)?;
-        let db = ctx.data_unchecked::<AuthService>().db();
-        let mut query = user::Entity::find()
-            .order_by_desc(user::Column::CreatedAt)
-            .order_by_desc(user::Column::Id)
-            .limit(limit as u64 + 1);
-        if let Some(after) = &after {
-            let (at, id) = pagination::decode(after)?;
-            query = query.filter(
-                Condition::any().add(user::Column::CreatedAt.lt(at)).add(
-                    Condition::all()
-                        .add(user::Column::CreatedAt.eq(at))
-                        .add(user::Column::Id.lt(id)),
-                ),
-            );
-        }
-        let mut rows = query.all(db).await.map_err(ApiError::from)?;
+        let cursor = after.as_deref().map(pagination::decode).transpose()?;
+        let mut rows = ctx
+            .data_unchecked::<AuthService>()
+            .list_users(cursor, limit as u64 + 1)
+            .await?;
         let has_next = rows.len() > limit;
         rows.truncate(limit);
-        // One query for every row's roles.
-        let ids: Vec<Uuid> = rows.iter().map(|u| u.id).collect();
-        let mut roles: HashMap<Uuid, Vec<Role>> = HashMap::new();
-        for r in user_role::Entity::find()
-            .filter(user_role::Column::UserId.is_in(ids))
-            .order_by_asc(user_role::Column::Role)
-            .all(db)
-            .await
-            .map_err(ApiError::from)?
-        {
-            if let Some(role) = Role::parse(&r.role) {
-                roles.entry(r.user_id).or_default().push(role);
-            }
-        }
         let mut connection = Connection::new(after.is_some(), has_next);
-        connection.edges.extend(rows.into_iter().map(|u| {
+        connection.edges.extend(rows.into_iter().map(|(u, roles)| {
             let cursor = pagination::encode(u.created_at, u.id);
             Edge::new(
                 cursor,
                 User {
                     id: ID(u.id.to_string()),
-                    roles: roles.remove(&u.id).unwrap_or_default(),
+                    roles,
                     username: u.username,
                     email: u.email,
                     created_at: u.created_at,

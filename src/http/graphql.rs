@@ -8,6 +8,7 @@ use async_graphql::ErrorExtensions;
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use async_graphql_axum::GraphQLResponse;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,9 +24,13 @@ pub async fn post(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if body.len() > state.config.graphql.max_body_bytes {
+    let too_large = match &body {
+        Ok(body) => body.len() > state.config.graphql.max_body_bytes,
+        Err(rejection) => rejection.status() == StatusCode::PAYLOAD_TOO_LARGE,
+    };
+    if too_large {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
@@ -35,6 +40,16 @@ pub async fn post(
             ),
         );
     }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                &format!("cannot read the request body: {rejection}"),
+            );
+        }
+    };
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         return error(
             StatusCode::BAD_REQUEST,

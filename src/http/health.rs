@@ -17,11 +17,12 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match crate::db::ready(&state.db).await {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
-        Err(reason) => {
-            tracing::warn!(reason, "not ready");
+        Err(not_ready) => {
+            tracing::warn!(reason = %not_ready.detail, "not ready");
+            // The detail can name hosts and drivers: it stays in the log.
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "reason": reason })),
+                Json(json!({ "status": "unavailable", "reason": not_ready.summary })),
             )
         }
     }

@@ -10,6 +10,7 @@ mod ws;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderMap;
 use axum::routing::get;
 
@@ -18,7 +19,12 @@ use crate::app::AppState;
 /// Every route the server answers.
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
-        .route("/graphql", get(graphql::get).post(graphql::post))
+        .route(
+            "/graphql",
+            get(graphql::get)
+                .post(graphql::post)
+                .layer(DefaultBodyLimit::max(state.config.graphql.max_body_bytes)),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     if state.config.graphql.playground {
@@ -32,13 +38,14 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The client's address: the peer, or with `server.trust_forwarded_for` the
-/// first `X-Forwarded-For` entry.
+/// last `X-Forwarded-For` entry (the one the trusted proxy added; earlier
+/// entries are whatever the client sent).
 fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     if state.config.server.trust_forwarded_for
         && let Some(forwarded) = headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse().ok())
     {
         return forwarded;

@@ -18,7 +18,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{broadcast, watch};
-use uuid::Uuid;
 
 use super::client_ip;
 use super::graphql::parse_bearer;
@@ -62,6 +61,7 @@ pub fn upgrade(
     };
     let addr = ClientAddr(client_ip(&state, peer, headers));
     upgrade
+        .max_message_size(state.config.graphql.max_body_bytes)
         .protocols([protocol.sec_websocket_protocol()])
         .on_upgrade(move |socket| serve(state, socket, protocol, addr))
 }
@@ -118,8 +118,7 @@ async fn serve(state: AppState, socket: WebSocket, protocol: WebSocketProtocols,
                 };
                 let _ = init_tx.send(Some(session));
                 Ok(data)
-            })
-            .keepalive_timeout(Duration::from_secs(60));
+            });
 
     let mut events = state.auth.events();
     let mut shutdown = state.shutdown.clone();
@@ -129,7 +128,7 @@ async fn serve(state: AppState, socket: WebSocket, protocol: WebSocketProtocols,
     tokio::pin!(init_deadline);
     let mut check = tokio::time::interval(SESSION_CHECK);
     let mut initialised = false;
-    let mut session: Option<(Uuid, String)> = None;
+    let mut session: Option<(Arc<Session>, String)> = None;
 
     let close: Option<(u16, &str)> = loop {
         tokio::select! {
@@ -151,25 +150,35 @@ async fn serve(state: AppState, socket: WebSocket, protocol: WebSocketProtocols,
             Ok(()) = init_rx.changed(), if !initialised => {
                 if let Some(accepted) = init_rx.borrow_and_update().clone() {
                     initialised = true;
-                    session = accepted.map(|(s, token)| (s.id, token));
+                    session = accepted;
                 }
             }
             () = &mut init_deadline, if !initialised => {
                 break Some((4408, "Connection initialisation timeout"));
             }
-            event = events.recv(), if session.is_some() => match event {
-                Ok(SessionEvent::Ended { session_id }) if session.as_ref().is_some_and(|s| s.0 == session_id) => {
-                    break Some((4401, "session ended"));
+            event = events.recv(), if session.is_some() => {
+                let recheck = match (&event, &session) {
+                    (Ok(SessionEvent::Ended { session_id }), Some((s, _))) if s.id == *session_id => {
+                        break Some((4401, "session ended"));
+                    }
+                    (Ok(SessionEvent::UserChanged { user_id }), Some((s, _))) => s.user_id() == Some(*user_id),
+                    (Err(broadcast::error::RecvError::Lagged(_)), _) => true,
+                    (Err(broadcast::error::RecvError::Closed), _) => break None,
+                    _ => false,
+                };
+                if recheck && let Some((old, token)) = &session {
+                    match recheck_session(&state, old, token).await {
+                        Ok(fresh) => session = Some((fresh, token.clone())),
+                        Err(close) => break Some(close),
+                    }
                 }
-                Err(broadcast::error::RecvError::Closed) => break None,
-                _ => {}
-            },
+            }
             _ = check.tick(), if session.is_some() => {
-                if let Some((_, token)) = &session
-                    && let Err(e) = state.auth.authenticate(token).await
-                    && !matches!(e, ApiError::Internal)
-                {
-                    break Some((4401, "session expired"));
+                if let Some((old, token)) = &session {
+                    match recheck_session(&state, old, token).await {
+                        Ok(fresh) => session = Some((fresh, token.clone())),
+                        Err(close) => break Some(close),
+                    }
                 }
             }
             _ = shutdown.changed() => break Some((1001, "server shutting down")),
@@ -178,6 +187,29 @@ async fn serve(state: AppState, socket: WebSocket, protocol: WebSocketProtocols,
     if let Some((code, reason)) = close {
         tracing::debug!(code, reason, "closing websocket");
         let _ = sink.send(close_frame(code, reason)).await;
+    }
+}
+
+/// Looks the connection's session up again. A session that ended or
+/// expired closes the connection (4401); one whose user lost a permission
+/// too (4403), since its subscriptions were authorised with the old roles.
+async fn recheck_session(
+    state: &AppState,
+    old: &Arc<Session>,
+    token: &str,
+) -> Result<Arc<Session>, (u16, &'static str)> {
+    match state.auth.authenticate(token).await {
+        Ok(fresh) => {
+            let kept = old.permissions().iter().all(|p| fresh.has(*p));
+            if kept {
+                Ok(fresh)
+            } else {
+                Err((4403, "permissions changed; reconnect"))
+            }
+        }
+        Err(ApiError::Internal) => Ok(old.clone()),
+        Err(ApiError::SessionExpired) => Err((4401, "session expired")),
+        Err(_) => Err((4401, "session ended")),
     }
 }
 

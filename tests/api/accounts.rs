@@ -126,6 +126,8 @@ db_test!(wrong_username_and_wrong_password_look_alike, db => {
     // Both verify an argon2id hash with the same parameters (an unknown
     // account against a stand-in hash), so they cost alike: an unknown
     // account is not answered early.
+    let stand_in = app.state.auth.stand_in_hash();
+    assert!(stand_in.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{stand_in}");
     let before = app.state.auth.password_verifications();
     app.login("nobody", "not the password").await;
     assert_eq!(app.state.auth.password_verifications(), before + 1, "unknown account skipped the hash");
@@ -155,8 +157,32 @@ db_test!(signup_and_login_are_rate_limited_per_address, db => {
     assert!(limited["errors"][0]["extensions"]["retryAfterSeconds"].as_u64().unwrap_or(0) >= 1);
     let body = signup(&app, "another", "another@example.com", PASSWORD).await;
     assert_eq!(code(&body), "RATE_LIMITED");
+    // Anonymous sessions count too.
+    let body = app.gql("mutation { startAnonymousSession { token } }", json!({})).await;
+    assert_eq!(code(&body), "RATE_LIMITED");
     // Other calls are not limited.
-    assert!(!app.anonymous().await.is_empty());
+    assert!(app.gql("{ me { id } }", json!({})).await["errors"].is_null());
+});
+
+db_test!(forwarded_for_counts_only_the_proxys_entry, db => {
+    let app = TestApp::spawn_with(db, |c| {
+        c.server.trust_forwarded_for = true;
+        c.auth.rate_limit_per_minute = 1;
+        c.auth.rate_limit_burst = 1;
+    })
+    .await;
+    let start = |spoofed: &str| {
+        app.http
+            .post(app.url("/graphql"))
+            .header("X-Forwarded-For", format!("{spoofed}, 203.0.113.7"))
+            .json(&json!({ "query": "mutation { startAnonymousSession { token } }" }))
+            .send()
+    };
+    let first: Value = start("1.1.1.1").await.expect("sent").json().await.expect("json");
+    assert!(first["errors"].is_null(), "{first}");
+    // A different made-up first entry does not make a new client.
+    let second: Value = start("2.2.2.2").await.expect("sent").json().await.expect("json");
+    assert_eq!(code(&second), "RATE_LIMITED");
 });
 
 db_test!(change_password_checks_and_ends_other_sessions, db => {

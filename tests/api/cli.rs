@@ -83,12 +83,14 @@ fn schema_prints_the_checked_in_sdl_without_a_database() {
         "/schema/schema.graphql"
     ))
     .expect("schema file");
-    assert_eq!(stdout, on_disk);
+    assert!(
+        stdout == on_disk,
+        "`modelfleet schema` differs from schema/schema.graphql"
+    );
 }
 
-#[tokio::test]
-async fn migrate_applies_migrations() {
-    let (_db, url) = TestDb::create(Db::Sqlite).await;
+db_test!(migrate_applies_migrations, db => {
+    let (_db, url) = TestDb::create(db).await;
     let (ok, _, stderr) = cmd(&url, &["migrate"], "");
     assert!(ok, "{stderr}");
     let conn = modelfleet::db::connect(&modelfleet::config::DatabaseConfig {
@@ -98,7 +100,7 @@ async fn migrate_applies_migrations() {
     .await
     .expect("connect");
     modelfleet::db::ready(&conn).await.expect("migrated");
-}
+});
 
 #[test]
 fn a_bad_config_value_stops_start_up_naming_the_key() {

@@ -135,13 +135,18 @@ db_test!(session_lookups_are_served_from_the_cache, db => {
         assert!(app.gql_as(&token, ME, json!({})).await["errors"].is_null());
     }
     assert_eq!(app.state.auth.session_db_reads(), reads + 1);
-    // Tokens are stored only as digests.
+    // Tokens are stored only as their SHA-256 digest.
+    use sha2::Digest;
+    let digest: String = sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let stored = session::Entity::find()
-        .filter(session::Column::TokenHash.eq(token.as_str()))
+        .filter(session::Column::TokenHash.eq(digest.as_str()))
         .one(&app.state.db)
         .await
         .expect("query");
-    assert!(stored.is_none());
+    assert!(stored.is_some(), "no session stored under the token's digest");
 });
 
 db_test!(a_role_change_holds_on_the_next_call, db => {

@@ -28,7 +28,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 macro_rules! db_test {
     ($name:ident, $db:ident => $body:block) => {
         mod $name {
-            #[allow(unused_imports)]
+            // Not every test body uses everything its module imports; the
+            // lint cannot be expected, since some do.
+            #[allow(unused_imports, reason = "test bodies vary")]
             use super::*;
 
             async fn body($db: $crate::support::Db) $body

@@ -1,9 +1,10 @@
 //! GraphQL over WebSocket: both sub-protocols, credentials in
 //! `connection_init`, and connections closed when their session ends.
 
+use sea_orm::EntityTrait;
 use serde_json::json;
 
-use crate::support::{Db, Frame, TestApp};
+use crate::support::{Frame, TestApp};
 
 const VIEWER: &str = "subscription { viewer { username roles } }";
 
@@ -53,25 +54,36 @@ db_test!(legacy_graphql_ws_takes_an_authorization_entry, db => {
     assert_eq!(data["payload"]["data"]["viewer"]["username"], "oldtimer");
 });
 
-#[tokio::test]
-async fn transport_ws_wins_when_both_are_offered() {
-    let app = TestApp::spawn(Db::Sqlite).await;
+db_test!(transport_ws_wins_when_both_are_offered, db => {
+    let app = TestApp::spawn(db).await;
     let (_, protocol) = app.websocket("graphql-ws, graphql-transport-ws").await;
     assert_eq!(protocol, "graphql-transport-ws");
     let (_, protocol) = app.websocket("graphql-transport-ws, graphql-ws").await;
     assert_eq!(protocol, "graphql-transport-ws");
-}
+});
 
-#[tokio::test]
-async fn bad_credentials_and_missing_sessions_are_refused() {
-    let app = TestApp::spawn(Db::Sqlite).await;
-    // A bad token in connection_init closes the connection.
-    let (mut ws, _) = app.websocket("graphql-transport-ws").await;
-    ws.send(json!({ "type": "connection_init", "payload": { "token": "mf_nonsense" } }))
-        .await;
-    match ws.next().await {
-        Frame::Closed(code, reason) => assert_eq!(code, Some(4403), "{reason}"),
-        Frame::Json(v) => panic!("expected a close, got {v}"),
+db_test!(bad_credentials_and_missing_sessions_are_refused, db => {
+    let app = TestApp::spawn(db).await;
+    // A malformed, an unknown and an expired token in connection_init each
+    // close the connection.
+    let expired = app.anonymous().await;
+    entity::session::Entity::update_many()
+        .col_expr(
+            entity::session::Column::ExpiresAt,
+            (chrono::Utc::now() - chrono::TimeDelta::seconds(5)).into(),
+        )
+        .exec(&app.state.db)
+        .await
+        .expect("expire");
+    app.state.auth.clear_cache();
+    let unknown = format!("mf_{}", "B".repeat(43));
+    for token in ["mf_nonsense", unknown.as_str(), expired.as_str()] {
+        let (mut ws, _) = app.websocket("graphql-transport-ws").await;
+        ws.send(json!({ "type": "connection_init", "payload": { "token": token } })).await;
+        match ws.next().await {
+            Frame::Closed(code, reason) => assert_eq!(code, Some(4403), "{token}: {reason}"),
+            Frame::Json(v) => panic!("expected a close, got {v}"),
+        }
     }
     // No credentials: the connection opens, the session-only field refuses.
     let (mut ws, _) = app.websocket("graphql-transport-ws").await;
@@ -86,21 +98,19 @@ async fn bad_credentials_and_missing_sessions_are_refused() {
         refused["payload"]["errors"][0]["extensions"]["code"],
         "UNAUTHENTICATED"
     );
-}
+});
 
-#[tokio::test]
-async fn a_silent_connection_is_closed_after_the_init_timeout() {
-    let app = TestApp::spawn_with(Db::Sqlite, |c| c.graphql.ws_init_timeout_secs = 1).await;
+db_test!(a_silent_connection_is_closed_after_the_init_timeout, db => {
+    let app = TestApp::spawn_with(db, |c| c.graphql.ws_init_timeout_secs = 1).await;
     let (mut ws, _) = app.websocket("graphql-transport-ws").await;
     match ws.next().await {
         Frame::Closed(code, _) => assert_eq!(code, Some(4408)),
         Frame::Json(v) => panic!("expected a close, got {v}"),
     }
-}
+});
 
-#[tokio::test]
-async fn anonymous_sessions_subscribe_too() {
-    let app = TestApp::spawn(Db::Sqlite).await;
+db_test!(anonymous_sessions_subscribe_too, db => {
+    let app = TestApp::spawn(db).await;
     let token = app.anonymous().await;
     let (mut ws, _) = app.websocket("graphql-transport-ws").await;
     ws.send(json!({ "type": "connection_init", "payload": { "headers": { "Authorization": format!("Bearer {token}") } } }))
@@ -113,4 +123,33 @@ async fn anonymous_sessions_subscribe_too() {
         next["payload"]["data"]["viewer"]["username"].is_null(),
         "{next}"
     );
-}
+});
+
+db_test!(losing_a_permission_closes_the_connection, db => {
+    let app = TestApp::spawn(db).await;
+    let root = app.admin("root").await;
+    let deputy = app.admin("deputy").await;
+    let id = app.gql_as(&deputy, "{ me { id } }", json!({})).await["data"]["me"]["id"].clone();
+    let (mut ws, _) = app.websocket("graphql-transport-ws").await;
+    ws.send(json!({ "type": "connection_init", "payload": { "token": deputy } })).await;
+    assert_eq!(ws.next_json().await["type"], "connection_ack");
+    app.gql_as(&root, "mutation($id: ID!) { setUserRoles(userId: $id, roles: []) }", json!({ "id": id }))
+        .await;
+    match ws.next().await {
+        Frame::Closed(code, reason) => assert_eq!(code, Some(4403), "{reason}"),
+        Frame::Json(v) => panic!("expected a close, got {v}"),
+    }
+});
+
+db_test!(websocket_messages_are_size_limited, db => {
+    let app = TestApp::spawn_with(db, |c| c.graphql.max_body_bytes = 4096).await;
+    let (mut ws, _) = app.websocket("graphql-transport-ws").await;
+    ws.send(json!({ "type": "connection_init", "payload": {} })).await;
+    assert_eq!(ws.next_json().await["type"], "connection_ack");
+    let huge = format!("subscription {{ viewer {{ username }} }} # {}", "x".repeat(10_000));
+    ws.send(json!({ "id": "1", "type": "subscribe", "payload": { "query": huge } })).await;
+    match ws.next().await {
+        Frame::Closed(_, _) => {}
+        Frame::Json(v) => panic!("an oversized message was served: {v}"),
+    }
+});

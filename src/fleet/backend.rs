@@ -1,0 +1,87 @@
+//! What starts instances. The local backend (child processes) implements it
+//! now; a Kubernetes backend (pods) will.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::Utc;
+use entity::instance_event;
+use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::models::ModelSpec;
+
+/// A started instance, ready to take jobs.
+pub struct Started {
+    /// Base URL of its Cog HTTP API.
+    pub endpoint: String,
+    /// The backend's name for it: a process id, a pod name.
+    pub handle: String,
+    /// Where it runs, when the backend knows.
+    pub node: Option<String>,
+    /// Becomes `Some(detail)` when the instance has ended, for whatever
+    /// reason.
+    pub exited: watch::Receiver<Option<String>>,
+}
+
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// `local` or `kubernetes`.
+    fn name(&self) -> &'static str;
+
+    /// Starts an instance of `model` and waits until it is ready to serve.
+    /// The error is the reason, fit to show an operator.
+    async fn start(&self, model: &ModelSpec, instance_id: Uuid) -> Result<Started, String>;
+
+    /// Stops an instance: asks it to end, then forces it after a grace
+    /// period. Returns when it has ended.
+    async fn stop(&self, instance_id: Uuid);
+
+    /// Ends every instance this backend finds that is not in `tracked`
+    /// (left by an earlier run of the server). Returns how many it ended.
+    async fn end_untracked(&self, tracked: &HashSet<Uuid>) -> usize;
+}
+
+/// `Normal` or `Warning`, as on Kubernetes events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Normal,
+    Warning,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Normal => "Normal",
+            EventKind::Warning => "Warning",
+        }
+    }
+}
+
+/// Records instance events in the database.
+#[derive(Clone)]
+pub struct EventLog {
+    db: DatabaseConnection,
+}
+
+impl EventLog {
+    pub fn new(db: DatabaseConnection) -> Arc<Self> {
+        Arc::new(Self { db })
+    }
+
+    pub async fn record(&self, instance_id: Uuid, kind: EventKind, reason: &str, message: &str) {
+        let row = instance_event::ActiveModel {
+            instance_id: Set(instance_id),
+            at: Set(Utc::now()),
+            kind: Set(kind.as_str().to_owned()),
+            reason: Set(reason.to_owned()),
+            message: Set(message.chars().take(4000).collect()),
+            raw: Set(None),
+            ..Default::default()
+        };
+        if let Err(e) = instance_event::Entity::insert(row).exec(&self.db).await {
+            tracing::warn!(instance_id = %instance_id, error = %e, "cannot record instance event");
+        }
+    }
+}

@@ -1,0 +1,920 @@
+//! The fleet: model instances and the scaler that runs requests on them.
+//!
+//! ```text
+//!  submitRequest ──▶ work_requests (QUEUED) ──┐
+//!                                             ▼  notify
+//!   ┌──────────────────────── scaler (one task) ─────────────────────────┐
+//!   │ per model: hand queued requests to idle READY instances, oldest    │
+//!   │ first; start instances for the rest (within min..max); stop        │
+//!   │ instances idle past the idle timeout (never below min)             │
+//!   └──────┬───────────────────────────────┬─────────────────────────────┘
+//!          ▼ start/stop                    ▼ one job per instance
+//!      Backend (local processes)       Cog POST /predictions
+//! ```
+//!
+//! The database is the record (requests, instances, events); the live map in
+//! [`Fleet`] is what the scaler decides with. Job results and instance
+//! changes wake the scaler at once; a one-second tick catches the rest
+//! (idle timeouts).
+
+pub mod backend;
+pub mod cog;
+pub mod local;
+mod recovery;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use entity::{InstanceStatus, RequestStatus, instance, work_request};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
+};
+use serde_json::Value;
+use tokio::sync::{Notify, broadcast, watch};
+use uuid::Uuid;
+
+use self::backend::{Backend, EventKind, EventLog};
+use self::cog::{CogClient, CogError};
+use crate::metrics::Metrics;
+use crate::models::{ModelRegistry, ModelSpec};
+
+/// A request changed status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestChange {
+    pub id: Uuid,
+    pub status: RequestStatus,
+}
+
+/// Consecutive failed starts after which a model's queued requests fail
+/// with the start error instead of waiting for an instance that never comes.
+pub const START_FAILURE_LIMIT: u32 = 3;
+/// How often a request may be dispatched: once, plus one retry after its
+/// instance died under it.
+pub const MAX_ATTEMPTS: i32 = 2;
+
+pub struct Fleet {
+    db: DatabaseConnection,
+    models: ModelRegistry,
+    backend: Arc<dyn Backend>,
+    events: Arc<EventLog>,
+    cog: CogClient,
+    metrics: Arc<Metrics>,
+    wake: Notify,
+    changes: broadcast::Sender<RequestChange>,
+    state: Mutex<State>,
+    /// Names this server run on the instances it starts.
+    run_id: String,
+}
+
+#[derive(Default)]
+struct State {
+    instances: HashMap<Uuid, Live>,
+    /// Per model: consecutive failed starts and the last reason.
+    start_failures: HashMap<String, (u32, String)>,
+    /// Per running request: signalled to cancel it.
+    cancels: HashMap<Uuid, Arc<Notify>>,
+}
+
+/// An instance as the scaler sees it.
+struct Live {
+    model_id: String,
+    status: InstanceStatus,
+    endpoint: Option<String>,
+    request: Option<Uuid>,
+    idle_since: tokio::time::Instant,
+    exited: Option<watch::Receiver<Option<String>>>,
+}
+
+impl Live {
+    /// Counts toward the model's instances.
+    fn active(&self) -> bool {
+        matches!(
+            self.status,
+            InstanceStatus::Pending
+                | InstanceStatus::Starting
+                | InstanceStatus::Ready
+                | InstanceStatus::Busy
+        )
+    }
+}
+
+impl Fleet {
+    pub fn new(
+        db: DatabaseConnection,
+        models: ModelRegistry,
+        backend: Arc<dyn Backend>,
+        events: Arc<EventLog>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let (changes, _) = broadcast::channel(4096);
+        Arc::new(Self {
+            db,
+            models,
+            backend,
+            events,
+            cog: CogClient::new(),
+            metrics,
+            wake: Notify::new(),
+            changes,
+            state: Mutex::new(State::default()),
+            run_id: Uuid::now_v7().to_string(),
+        })
+    }
+
+    /// Request status changes, for `requestUpdates`.
+    pub fn changes(&self) -> broadcast::Receiver<RequestChange> {
+        self.changes.subscribe()
+    }
+
+    /// Wakes the scaler now (a request arrived, a job ended).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn announce(&self, id: Uuid, status: RequestStatus) {
+        let _no_listeners = self.changes.send(RequestChange { id, status });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Asks a running request to stop; true when it was running here.
+    pub fn cancel_running(&self, request_id: Uuid) -> bool {
+        match self.lock().cancels.get(&request_id) {
+            Some(cancel) => {
+                cancel.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Runs the scaler until `shutdown` turns true, then stops every
+    /// instance and puts running requests back in the queue.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if let Err(e) = self.recover().await {
+            tracing::error!(error = %e, "recovery after restart failed");
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => {}
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(e) = self.reconcile().await {
+                tracing::warn!(error = %e, "scaler pass failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// One pass over every model.
+    async fn reconcile(self: &Arc<Self>) -> Result<(), DbErr> {
+        let models = self.models.list(true).await?;
+        let mut queue_depths = Vec::with_capacity(models.len());
+        for model in &models {
+            let queued = self.reconcile_model(model).await?;
+            queue_depths.push((model.id.clone(), queued));
+        }
+        self.metrics.set_queue_depths(&queue_depths);
+        let counts: Vec<(String, InstanceStatus)> = self
+            .lock()
+            .instances
+            .values()
+            .map(|l| (l.model_id.clone(), l.status))
+            .collect();
+        self.metrics.set_instances(&counts);
+        Ok(())
+    }
+
+    /// Dispatches, starts and stops for one model. Returns the number of
+    /// requests left waiting.
+    async fn reconcile_model(self: &Arc<Self>, model: &ModelSpec) -> Result<u64, DbErr> {
+        // Idle ready instances, longest idle first.
+        let mut idle: Vec<(Uuid, String, tokio::time::Instant)> = self
+            .lock()
+            .instances
+            .iter()
+            .filter(|(_, l)| l.model_id == model.id && l.status == InstanceStatus::Ready)
+            .filter_map(|(id, l)| l.endpoint.clone().map(|e| (*id, e, l.idle_since)))
+            .collect();
+        idle.sort_by_key(|(_, _, since)| *since);
+
+        let queued_count = self.queued(&model.id).count(&self.db).await?;
+        let mut dispatched = 0u64;
+        if !idle.is_empty() && queued_count > 0 {
+            let oldest = self
+                .queued(&model.id)
+                .order_by_asc(work_request::Column::CreatedAt)
+                .order_by_asc(work_request::Column::Id)
+                .limit(idle.len() as u64)
+                .all(&self.db)
+                .await?;
+            for (request, (instance_id, endpoint, _)) in oldest.into_iter().zip(idle.drain(..)) {
+                if self.dispatch(model, request, instance_id, endpoint).await? {
+                    dispatched += 1;
+                }
+            }
+        }
+        let waiting = queued_count.saturating_sub(dispatched);
+
+        // Start what the waiting requests need, within min and max.
+        let (active, coming) = {
+            let state = self.lock();
+            let mine = state.instances.values().filter(|l| l.model_id == model.id);
+            let active = mine.clone().filter(|l| l.active()).count() as u64;
+            let coming = mine
+                .filter(|l| matches!(l.status, InstanceStatus::Pending | InstanceStatus::Starting))
+                .count() as u64;
+            (active, coming + idle.len() as u64)
+        };
+        let min = if model.enabled {
+            u64::from(model.min_instances)
+        } else {
+            0
+        };
+        let max = u64::from(model.max_instances);
+        let failures = self.lock().start_failures.get(&model.id).cloned();
+        if let Some((count, reason)) = failures
+            && count >= START_FAILURE_LIMIT
+        {
+            // Starting keeps failing: fail the waiting requests with the
+            // reason, and let the next submission try again.
+            if active == 0 {
+                self.fail_queued(&model.id, &format!("no instance could start: {reason}"))
+                    .await?;
+                self.lock().start_failures.remove(&model.id);
+            }
+            return Ok(0);
+        }
+        let wanted = waiting.saturating_sub(coming);
+        let to_start = wanted
+            .max(min.saturating_sub(active))
+            .min(max.saturating_sub(active));
+        for _ in 0..to_start {
+            self.start_instance(model).await?;
+        }
+
+        // Stop instances idle past the timeout, never below min, and not
+        // while requests wait.
+        if waiting == 0 {
+            let timeout = Duration::from_millis(model.idle_timeout_ms.max(0) as u64);
+            let now = tokio::time::Instant::now();
+            let mut active = active + to_start;
+            let expired: Vec<Uuid> = idle
+                .iter()
+                .filter(|(_, _, since)| now.duration_since(*since) >= timeout)
+                .map(|(id, _, _)| *id)
+                .collect();
+            for id in expired {
+                if active <= min {
+                    break;
+                }
+                let reason = format!("idle for {} s", timeout.as_secs());
+                self.stop_instance(id, &reason).await;
+                active -= 1;
+            }
+        }
+        Ok(waiting)
+    }
+
+    fn queued(&self, model_id: &str) -> sea_orm::Select<work_request::Entity> {
+        work_request::Entity::find()
+            .filter(work_request::Column::ModelId.eq(model_id))
+            .filter(work_request::Column::Status.eq(RequestStatus::Queued))
+    }
+
+    /// Claims a queued request for an idle instance and starts its job.
+    async fn dispatch(
+        self: &Arc<Self>,
+        model: &ModelSpec,
+        request: work_request::Model,
+        instance_id: Uuid,
+        endpoint: String,
+    ) -> Result<bool, DbErr> {
+        let now = Utc::now();
+        let queue_ms = (now - request.created_at).num_milliseconds().max(0);
+        let claimed = work_request::Entity::update_many()
+            .col_expr(
+                work_request::Column::Status,
+                Expr::value(RequestStatus::Running),
+            )
+            .col_expr(work_request::Column::InstanceId, Expr::value(instance_id))
+            .col_expr(work_request::Column::JobStartedAt, Expr::value(now))
+            .col_expr(work_request::Column::QueueMs, Expr::value(queue_ms))
+            .col_expr(work_request::Column::Attempts, attempts_plus(1))
+            .filter(work_request::Column::Id.eq(request.id))
+            .filter(work_request::Column::Status.eq(RequestStatus::Queued))
+            .exec(&self.db)
+            .await?;
+        if claimed.rows_affected == 0 {
+            return Ok(false);
+        }
+        let cancel = Arc::new(Notify::new());
+        let exited = {
+            let mut state = self.lock();
+            state.cancels.insert(request.id, cancel.clone());
+            let Some(live) = state.instances.get_mut(&instance_id) else {
+                return Ok(false);
+            };
+            live.status = InstanceStatus::Busy;
+            live.request = Some(request.id);
+            live.exited.clone()
+        };
+        self.set_instance(instance_id, InstanceStatus::Busy, Some(request.id), None)
+            .await;
+        self.events
+            .record(
+                instance_id,
+                EventKind::Normal,
+                "Assigned",
+                &format!("request {}", request.id),
+            )
+            .await;
+        self.announce(request.id, RequestStatus::Running);
+        self.metrics.observe_queue(&model.id, queue_ms);
+        let fleet = self.clone();
+        let model = model.clone();
+        tokio::spawn(async move {
+            fleet
+                .run_job(model, request, instance_id, endpoint, now, cancel, exited)
+                .await;
+        });
+        Ok(true)
+    }
+
+    /// Runs one job on one instance and records how it ended.
+    #[expect(clippy::too_many_arguments, reason = "one job's whole context")]
+    async fn run_job(
+        self: Arc<Self>,
+        model: ModelSpec,
+        request: work_request::Model,
+        instance_id: Uuid,
+        endpoint: String,
+        started_at: DateTime<Utc>,
+        cancel: Arc<Notify>,
+        exited: Option<watch::Receiver<Option<String>>>,
+    ) {
+        enum Outcome {
+            Done(cog::Prediction),
+            Failed(CogError),
+            TimedOut,
+            Cancelled,
+            Died(String),
+        }
+        let id = request.id.to_string();
+        let timeout = Duration::from_millis(model.request_timeout_ms.max(0) as u64);
+        let mut exited = exited;
+        let died = async {
+            match exited.as_mut() {
+                Some(rx) => match rx.wait_for(Option::is_some).await {
+                    Ok(v) => v.clone().unwrap_or_default(),
+                    Err(_) => "the instance is gone".to_owned(),
+                },
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            r = self.cog.predict(&endpoint, &id, &request.input) => match r {
+                Ok(p) => Outcome::Done(p),
+                Err(e) => Outcome::Failed(e),
+            },
+            () = tokio::time::sleep(timeout) => Outcome::TimedOut,
+            () = cancel.notified() => Outcome::Cancelled,
+            detail = died => Outcome::Died(detail),
+        };
+        self.lock().cancels.remove(&request.id);
+        let finished_at = Utc::now();
+        let job_ms = (finished_at - started_at).num_milliseconds().max(0);
+
+        // A transport error while the process is gone is a death too.
+        let outcome = match outcome {
+            Outcome::Failed(CogError::Transport(e)) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let gone = self
+                    .lock()
+                    .instances
+                    .get(&instance_id)
+                    .and_then(|l| l.exited.as_ref().map(|rx| rx.borrow().clone()))
+                    .flatten();
+                match gone {
+                    Some(detail) => Outcome::Died(detail),
+                    None => Outcome::Failed(CogError::Transport(e)),
+                }
+            }
+            other => other,
+        };
+
+        let result = match outcome {
+            Outcome::Done(p) => {
+                let status = if p.succeeded {
+                    RequestStatus::Succeeded
+                } else {
+                    RequestStatus::Failed
+                };
+                self.finish(
+                    &request,
+                    status,
+                    p.output,
+                    p.error,
+                    p.logs,
+                    Some(finished_at),
+                )
+                .await
+                .map(|()| Some(status))
+            }
+            Outcome::Failed(e) => {
+                let reason = e.to_string();
+                self.finish(
+                    &request,
+                    RequestStatus::Failed,
+                    None,
+                    Some(reason),
+                    None,
+                    Some(finished_at),
+                )
+                .await
+                .map(|()| Some(RequestStatus::Failed))
+            }
+            Outcome::TimedOut => {
+                self.cog.cancel(&endpoint, &id).await;
+                let reason = format!("timed out after {} s", timeout.as_secs());
+                self.finish(
+                    &request,
+                    RequestStatus::Failed,
+                    None,
+                    Some(reason),
+                    None,
+                    Some(finished_at),
+                )
+                .await
+                .map(|()| Some(RequestStatus::Failed))
+            }
+            Outcome::Cancelled => {
+                self.cog.cancel(&endpoint, &id).await;
+                self.finish(
+                    &request,
+                    RequestStatus::Cancelled,
+                    None,
+                    Some("cancelled".to_owned()),
+                    None,
+                    Some(finished_at),
+                )
+                .await
+                .map(|()| Some(RequestStatus::Cancelled))
+            }
+            Outcome::Died(detail) => {
+                let reason = format!("the instance ended during the job: {detail}");
+                self.requeue_or_fail(request.id, request.attempts + 1, &reason)
+                    .await
+                    .map(|()| None)
+            }
+        };
+        match result {
+            Ok(Some(status)) => {
+                self.metrics.observe_job(&model.id, status, job_ms);
+                if status == RequestStatus::Succeeded {
+                    let total_ms = (finished_at - request.created_at).num_milliseconds().max(0);
+                    self.metrics.observe_total(&model.id, total_ms);
+                }
+                self.instance_idle(instance_id).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(request_id = %request.id, error = %e, "cannot record a job's end")
+            }
+        }
+        self.wake();
+    }
+
+    /// Records a request's final status with its job times.
+    async fn finish(
+        &self,
+        request: &work_request::Model,
+        status: RequestStatus,
+        output: Option<Value>,
+        error: Option<String>,
+        logs: Option<String>,
+        job_finished_at: Option<DateTime<Utc>>,
+    ) -> Result<(), DbErr> {
+        let now = Utc::now();
+        let current = work_request::Entity::find_by_id(request.id)
+            .one(&self.db)
+            .await?;
+        let Some(current) = current else {
+            return Ok(());
+        };
+        let job_ms = match (current.job_started_at, job_finished_at) {
+            (Some(a), Some(b)) => Some((b - a).num_milliseconds().max(0)),
+            _ => None,
+        };
+        let total_ms = (now - current.created_at).num_milliseconds().max(0);
+        work_request::Entity::update_many()
+            .col_expr(work_request::Column::Status, Expr::value(status))
+            .col_expr(work_request::Column::Output, Expr::value(output))
+            .col_expr(work_request::Column::Error, Expr::value(error))
+            .col_expr(work_request::Column::Logs, Expr::value(logs))
+            .col_expr(
+                work_request::Column::JobFinishedAt,
+                Expr::value(job_finished_at),
+            )
+            .col_expr(work_request::Column::CompletedAt, Expr::value(now))
+            .col_expr(work_request::Column::JobMs, Expr::value(job_ms))
+            .col_expr(work_request::Column::TotalMs, Expr::value(total_ms))
+            .filter(work_request::Column::Id.eq(request.id))
+            .filter(work_request::Column::Status.eq(RequestStatus::Running))
+            .exec(&self.db)
+            .await?;
+        tracing::info!(request_id = %request.id, model_id = %request.model_id, status = ?status, job_ms, total_ms, "request finished");
+        self.announce(request.id, status);
+        Ok(())
+    }
+
+    /// Puts a running request back in the queue, or fails it when it already
+    /// went back once.
+    pub(crate) async fn requeue_or_fail(
+        &self,
+        id: Uuid,
+        attempts: i32,
+        reason: &str,
+    ) -> Result<(), DbErr> {
+        if attempts < MAX_ATTEMPTS {
+            work_request::Entity::update_many()
+                .col_expr(
+                    work_request::Column::Status,
+                    Expr::value(RequestStatus::Queued),
+                )
+                .col_expr(
+                    work_request::Column::InstanceId,
+                    Expr::value(Option::<Uuid>::None),
+                )
+                .col_expr(
+                    work_request::Column::JobStartedAt,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                )
+                .col_expr(
+                    work_request::Column::QueueMs,
+                    Expr::value(Option::<i64>::None),
+                )
+                .filter(work_request::Column::Id.eq(id))
+                .filter(work_request::Column::Status.eq(RequestStatus::Running))
+                .exec(&self.db)
+                .await?;
+            tracing::warn!(request_id = %id, reason, "request re-queued");
+            self.announce(id, RequestStatus::Queued);
+        } else {
+            let now = Utc::now();
+            let row = work_request::Entity::find_by_id(id).one(&self.db).await?;
+            let total_ms = row.map(|r| (now - r.created_at).num_milliseconds().max(0));
+            work_request::Entity::update_many()
+                .col_expr(
+                    work_request::Column::Status,
+                    Expr::value(RequestStatus::Failed),
+                )
+                .col_expr(work_request::Column::Error, Expr::value(reason.to_owned()))
+                .col_expr(work_request::Column::CompletedAt, Expr::value(now))
+                .col_expr(work_request::Column::TotalMs, Expr::value(total_ms))
+                .filter(work_request::Column::Id.eq(id))
+                .filter(work_request::Column::Status.eq(RequestStatus::Running))
+                .exec(&self.db)
+                .await?;
+            tracing::warn!(request_id = %id, reason, "request failed after its retry");
+            self.announce(id, RequestStatus::Failed);
+        }
+        Ok(())
+    }
+
+    /// Fails every queued request of a model with `reason`.
+    async fn fail_queued(&self, model_id: &str, reason: &str) -> Result<(), DbErr> {
+        let ids: Vec<Uuid> = self
+            .queued(model_id)
+            .select_only()
+            .column(work_request::Column::Id)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let now = Utc::now();
+        for id in ids {
+            let done = work_request::Entity::update_many()
+                .col_expr(
+                    work_request::Column::Status,
+                    Expr::value(RequestStatus::Failed),
+                )
+                .col_expr(work_request::Column::Error, Expr::value(reason.to_owned()))
+                .col_expr(work_request::Column::CompletedAt, Expr::value(now))
+                .filter(work_request::Column::Id.eq(id))
+                .filter(work_request::Column::Status.eq(RequestStatus::Queued))
+                .exec(&self.db)
+                .await?;
+            if done.rows_affected > 0 {
+                self.announce(id, RequestStatus::Failed);
+            }
+        }
+        tracing::warn!(
+            model_id,
+            reason,
+            "queued requests failed: instances keep failing to start"
+        );
+        Ok(())
+    }
+
+    /// Records an instance and starts it in the background.
+    async fn start_instance(self: &Arc<Self>, model: &ModelSpec) -> Result<(), DbErr> {
+        let id = Uuid::now_v7();
+        let now = Utc::now();
+        instance::Entity::insert(instance::ActiveModel {
+            id: Set(id),
+            model_id: Set(model.id.clone()),
+            backend: Set(self.backend.name().to_owned()),
+            handle: Set(None),
+            node: Set(None),
+            status: Set(InstanceStatus::Pending),
+            status_detail: Set(None),
+            request_id: Set(None),
+            owner: Set(Some(self.run_id.clone())),
+            created_at: Set(now),
+            ready_at: Set(None),
+            idle_since: Set(None),
+            stopped_at: Set(None),
+            stop_reason: Set(None),
+        })
+        .exec(&self.db)
+        .await?;
+        self.lock().instances.insert(
+            id,
+            Live {
+                model_id: model.id.clone(),
+                status: InstanceStatus::Pending,
+                endpoint: None,
+                request: None,
+                idle_since: tokio::time::Instant::now(),
+                exited: None,
+            },
+        );
+        tracing::info!(instance_id = %id, model_id = %model.id, "instance starting");
+        let fleet = self.clone();
+        let model = model.clone();
+        tokio::spawn(async move { fleet.bring_up(model, id).await });
+        Ok(())
+    }
+
+    async fn bring_up(self: Arc<Self>, model: ModelSpec, id: Uuid) {
+        self.set_status(id, InstanceStatus::Starting);
+        self.set_instance(id, InstanceStatus::Starting, None, None)
+            .await;
+        self.events
+            .record(id, EventKind::Normal, "Starting", "starting the instance")
+            .await;
+        match self.backend.start(&model, id).await {
+            Ok(started) => {
+                let now = Utc::now();
+                let stopping = {
+                    let mut state = self.lock();
+                    state.start_failures.remove(&model.id);
+                    match state.instances.get_mut(&id) {
+                        Some(live) if live.status == InstanceStatus::Starting => {
+                            live.status = InstanceStatus::Ready;
+                            live.endpoint = Some(started.endpoint.clone());
+                            live.idle_since = tokio::time::Instant::now();
+                            live.exited = Some(started.exited.clone());
+                            false
+                        }
+                        _ => true,
+                    }
+                };
+                if stopping {
+                    self.backend.stop(id).await;
+                    return;
+                }
+                let _ = instance::Entity::update_many()
+                    .col_expr(instance::Column::Status, Expr::value(InstanceStatus::Ready))
+                    .col_expr(
+                        instance::Column::Handle,
+                        Expr::value(started.handle.clone()),
+                    )
+                    .col_expr(instance::Column::Node, Expr::value(started.node.clone()))
+                    .col_expr(instance::Column::ReadyAt, Expr::value(now))
+                    .col_expr(instance::Column::IdleSince, Expr::value(now))
+                    .filter(instance::Column::Id.eq(id))
+                    .exec(&self.db)
+                    .await;
+                self.events
+                    .record(
+                        id,
+                        EventKind::Normal,
+                        "Ready",
+                        &format!("serving at {}", started.endpoint),
+                    )
+                    .await;
+                tracing::info!(instance_id = %id, model_id = %model.id, handle = %started.handle, "instance ready");
+                let fleet = self.clone();
+                let mut exited = started.exited;
+                tokio::spawn(async move {
+                    let detail = match exited.wait_for(Option::is_some).await {
+                        Ok(v) => v.clone().unwrap_or_default(),
+                        Err(_) => "ended".to_owned(),
+                    };
+                    fleet.on_exit(id, &detail).await;
+                });
+            }
+            Err(reason) => {
+                {
+                    let mut state = self.lock();
+                    let entry = state
+                        .start_failures
+                        .entry(model.id.clone())
+                        .or_insert((0, String::new()));
+                    entry.0 += 1;
+                    entry.1 = reason.clone();
+                    if let Some(live) = state.instances.get_mut(&id) {
+                        live.status = InstanceStatus::Failed;
+                    }
+                }
+                self.events
+                    .record(id, EventKind::Warning, "StartFailed", &reason)
+                    .await;
+                self.set_stopped(id, InstanceStatus::Failed, &reason).await;
+                tracing::warn!(instance_id = %id, model_id = %model.id, reason = %reason, "instance failed to start");
+            }
+        }
+        self.wake();
+    }
+
+    /// The instance's process ended. Expected when it was being stopped;
+    /// otherwise it failed, and a job on it is handled by its job task.
+    async fn on_exit(self: &Arc<Self>, id: Uuid, detail: &str) {
+        let status = self.lock().instances.get(&id).map(|l| l.status);
+        match status {
+            Some(InstanceStatus::Stopping) | None => {}
+            Some(_) => {
+                self.set_status(id, InstanceStatus::Failed);
+                let reason = format!("ended unexpectedly: {detail}");
+                self.events
+                    .record(id, EventKind::Warning, "Died", &reason)
+                    .await;
+                self.set_stopped(id, InstanceStatus::Failed, &reason).await;
+                tracing::warn!(instance_id = %id, reason = %reason, "instance ended unexpectedly");
+                // Let a job task on it see the death before forgetting it.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                self.lock().instances.remove(&id);
+                self.backend.stop(id).await;
+                self.wake();
+            }
+        }
+    }
+
+    /// Stops an instance through the backend.
+    async fn stop_instance(self: &Arc<Self>, id: Uuid, reason: &str) {
+        self.set_status(id, InstanceStatus::Stopping);
+        self.set_instance(id, InstanceStatus::Stopping, None, None)
+            .await;
+        self.events
+            .record(id, EventKind::Normal, "Stopping", reason)
+            .await;
+        tracing::info!(instance_id = %id, reason, "instance stopping");
+        let fleet = self.clone();
+        let reason = reason.to_owned();
+        tokio::spawn(async move {
+            fleet.backend.stop(id).await;
+            fleet
+                .set_stopped(id, InstanceStatus::Stopped, &reason)
+                .await;
+            fleet.lock().instances.remove(&id);
+            fleet.wake();
+        });
+    }
+
+    async fn instance_idle(&self, id: Uuid) {
+        let ready = {
+            let mut state = self.lock();
+            match state.instances.get_mut(&id) {
+                Some(live) if live.status == InstanceStatus::Busy => {
+                    live.status = InstanceStatus::Ready;
+                    live.request = None;
+                    live.idle_since = tokio::time::Instant::now();
+                    true
+                }
+                _ => false,
+            }
+        };
+        if ready {
+            let _ = instance::Entity::update_many()
+                .col_expr(instance::Column::Status, Expr::value(InstanceStatus::Ready))
+                .col_expr(
+                    instance::Column::RequestId,
+                    Expr::value(Option::<Uuid>::None),
+                )
+                .col_expr(instance::Column::IdleSince, Expr::value(Utc::now()))
+                .filter(instance::Column::Id.eq(id))
+                .exec(&self.db)
+                .await;
+        }
+    }
+
+    fn set_status(&self, id: Uuid, status: InstanceStatus) {
+        if let Some(live) = self.lock().instances.get_mut(&id) {
+            live.status = status;
+        }
+    }
+
+    async fn set_instance(
+        &self,
+        id: Uuid,
+        status: InstanceStatus,
+        request: Option<Uuid>,
+        detail: Option<Value>,
+    ) {
+        let mut update = instance::Entity::update_many()
+            .col_expr(instance::Column::Status, Expr::value(status))
+            .col_expr(instance::Column::RequestId, Expr::value(request));
+        if detail.is_some() {
+            update = update.col_expr(instance::Column::StatusDetail, Expr::value(detail));
+        }
+        if let Err(e) = update
+            .filter(instance::Column::Id.eq(id))
+            .exec(&self.db)
+            .await
+        {
+            tracing::warn!(instance_id = %id, error = %e, "cannot record instance status");
+        }
+    }
+
+    async fn set_stopped(&self, id: Uuid, status: InstanceStatus, reason: &str) {
+        let result = instance::Entity::update_many()
+            .col_expr(instance::Column::Status, Expr::value(status))
+            .col_expr(
+                instance::Column::RequestId,
+                Expr::value(Option::<Uuid>::None),
+            )
+            .col_expr(instance::Column::StoppedAt, Expr::value(Utc::now()))
+            .col_expr(instance::Column::StopReason, Expr::value(reason.to_owned()))
+            .filter(instance::Column::Id.eq(id))
+            .exec(&self.db)
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(instance_id = %id, error = %e, "cannot record instance stop");
+        }
+    }
+
+    /// On shutdown: running jobs go back to the queue (a restart picks them
+    /// up) and every instance is stopped.
+    async fn shutdown(self: &Arc<Self>) {
+        let (ids, running): (Vec<Uuid>, Vec<Uuid>) = {
+            let state = self.lock();
+            (
+                state.instances.keys().copied().collect(),
+                state.instances.values().filter_map(|l| l.request).collect(),
+            )
+        };
+        for request in running {
+            let _ = work_request::Entity::update_many()
+                .col_expr(
+                    work_request::Column::Status,
+                    Expr::value(RequestStatus::Queued),
+                )
+                .col_expr(
+                    work_request::Column::InstanceId,
+                    Expr::value(Option::<Uuid>::None),
+                )
+                .col_expr(
+                    work_request::Column::JobStartedAt,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                )
+                .col_expr(work_request::Column::Attempts, attempts_plus(-1))
+                .filter(work_request::Column::Id.eq(request))
+                .filter(work_request::Column::Status.eq(RequestStatus::Running))
+                .exec(&self.db)
+                .await;
+        }
+        let stops = ids.into_iter().map(|id| {
+            let fleet = self.clone();
+            async move {
+                fleet.set_status(id, InstanceStatus::Stopping);
+                fleet.backend.stop(id).await;
+                fleet
+                    .set_stopped(id, InstanceStatus::Stopped, "server shut down")
+                    .await;
+            }
+        });
+        futures_util::future::join_all(stops).await;
+        tracing::info!("all instances stopped");
+    }
+}
+
+/// `attempts + n`, in SQL.
+fn attempts_plus(n: i32) -> sea_orm::sea_query::SimpleExpr {
+    use sea_orm::sea_query::ExprTrait;
+    Expr::col(work_request::Column::Attempts).add(n)
+}
