@@ -10,9 +10,17 @@ use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use async_graphql::dataloader::DataLoader;
+
 use crate::auth::AuthService;
 use crate::config::Config;
-use crate::graphql::{self, AppSchema};
+use crate::fleet::Fleet;
+use crate::fleet::backend::EventLog;
+use crate::fleet::local::LocalBackend;
+use crate::graphql::{self, AppSchema, ModelLoader};
+use crate::metrics::Metrics;
+use crate::models::ModelRegistry;
+use crate::requests::RequestService;
 use crate::{db, http};
 
 /// What every handler can reach. Cheap to clone.
@@ -21,6 +29,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: DatabaseConnection,
     pub auth: AuthService,
+    pub models: ModelRegistry,
+    pub requests: RequestService,
+    pub fleet: Arc<Fleet>,
+    pub metrics: Arc<Metrics>,
     pub schema: AppSchema,
     /// Turns `true` when the server begins to shut down; long-lived
     /// connections (WebSockets) watch it.
@@ -47,15 +59,39 @@ impl Application {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.bind))?;
         let auth = AuthService::new(db.clone(), config.auth.clone()).await?;
+        let models = ModelRegistry::new(db.clone());
+        models
+            .apply_config(&config.model_specs()?)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot save the configured models: {e}"))?;
+        let events = EventLog::new(db.clone());
+        let scope = format!(
+            "{}#{}",
+            config.database.url,
+            config.database.schema.as_deref().unwrap_or("")
+        );
+        let backend = Arc::new(LocalBackend::new(&scope, events.clone()));
+        let metrics = Arc::new(Metrics::new());
+        let fleet = Fleet::new(db.clone(), models.clone(), backend, events, metrics.clone());
+        let requests = RequestService::new(db.clone(), models.clone(), fleet.clone());
+        let config = Arc::new(config);
         let schema = graphql::builder(&config.graphql)
             .data(auth.clone())
             .data(db.clone())
+            .data(models.clone())
+            .data(requests.clone())
+            .data(config.clone())
+            .data(DataLoader::new(ModelLoader(models.clone()), tokio::spawn))
             .finish();
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = AppState {
-            config: Arc::new(config),
+            config,
             db,
             auth,
+            models,
+            requests,
+            fleet,
+            metrics,
             schema,
             shutdown,
         };
@@ -91,6 +127,7 @@ impl Application {
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
         let addr = listener.local_addr()?;
         let housekeeping = tokio::spawn(housekeeping(state.clone()));
+        let scaler = tokio::spawn(state.fleet.clone().run(state.shutdown.clone()));
         let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let graceful = async move {
@@ -119,6 +156,13 @@ impl Application {
             Err(_) => Ok(()),
         };
         housekeeping.abort();
+        // The scaler stops its instances and re-queues their jobs.
+        if tokio::time::timeout(grace + Duration::from_secs(15), scaler)
+            .await
+            .is_err()
+        {
+            tracing::warn!("instances still stopping after the grace period; exiting");
+        }
         state.db.close_by_ref().await.ok();
         tracing::info!("stopped");
         Ok(result?)

@@ -22,4 +22,5 @@ pub mod graphql;
 pub mod http;
 pub mod metrics;
 pub mod models;
+pub mod requests;
 pub mod telemetry;

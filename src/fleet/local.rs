@@ -13,6 +13,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
@@ -33,6 +34,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const SETUP_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// The file in a model's folder that records the last successful setup.
 const SETUP_STAMP: &str = ".modelfleet-setup";
+/// Held while a setup runs, by any server on the machine.
+const SETUP_LOCK: &str = ".modelfleet-setup.lock";
 
 pub struct LocalBackend {
     scope: String,
@@ -73,6 +76,21 @@ impl LocalBackend {
             setups.entry(model.id.clone()).or_default().clone()
         };
         let _one_at_a_time = lock.lock().await;
+        // Other servers on this machine may share the folder: lock the file
+        // too, for as long as the setup runs.
+        let lock_path = local.workdir.join(SETUP_LOCK);
+        let _file_lock = tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+            Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, e)| format!("cannot lock {}: {e}", lock_path.display()))
+        })
+        .await
+        .map_err(|e| format!("setup lock: {e}"))??;
         let digest = setup_digest(&local.workdir, setup)?;
         let stamp = local.workdir.join(SETUP_STAMP);
         if tokio::fs::read_to_string(&stamp).await.ok().as_deref() == Some(digest.as_str()) {

@@ -7,7 +7,9 @@
 mod account;
 mod codes;
 mod guard;
+mod models;
 mod pagination;
+mod requests;
 mod users;
 
 use std::net::IpAddr;
@@ -15,17 +17,28 @@ use std::net::IpAddr;
 use async_graphql::{MergedObject, MergedSubscription, Schema, SchemaBuilder};
 
 pub use guard::{RequirePermission, RequireSession, RequireUser};
+pub use models::ModelLoader;
 
 use crate::config::GraphqlConfig;
 
 #[derive(MergedObject, Default)]
-pub struct Query(account::AccountQuery, users::UsersQuery);
+pub struct Query(
+    account::AccountQuery,
+    models::ModelsQuery,
+    requests::RequestsQuery,
+    users::UsersQuery,
+);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(account::AccountMutation, users::UsersMutation);
+pub struct Mutation(
+    account::AccountMutation,
+    models::ModelsMutation,
+    requests::RequestsMutation,
+    users::UsersMutation,
+);
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(account::AccountSubscription);
+pub struct Subscription(account::AccountSubscription, requests::RequestsSubscription);
 
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
 

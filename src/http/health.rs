@@ -27,3 +27,14 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         }
     }
 }
+
+/// Prometheus metrics in the text format.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

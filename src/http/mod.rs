@@ -26,7 +26,8 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(state.config.graphql.max_body_bytes)),
         )
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics));
     if state.config.graphql.playground {
         router = router
             .route("/graphiql", get(playground::page))

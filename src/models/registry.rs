@@ -102,6 +102,16 @@ impl ModelRegistry {
             .map(spec_of))
     }
 
+    pub async fn get_many(&self, ids: &[String]) -> Result<Vec<ModelSpec>, DbErr> {
+        Ok(model::Entity::find()
+            .filter(model::Column::Id.is_in(ids.iter().cloned()))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(spec_of)
+            .collect())
+    }
+
     pub async fn list(&self, include_disabled: bool) -> Result<Vec<ModelSpec>, DbErr> {
         let mut query = model::Entity::find().order_by_asc(model::Column::Id);
         if !include_disabled {
