@@ -514,6 +514,43 @@ mod tests {
     }
 
     #[test]
+    fn models_come_from_the_file_and_a_models_toml_beside_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = |id: &str| {
+            format!(
+                "[[models]]\nid = \"{id}\"\n[models.local]\ncommand = [\"run\"]\nworkdir = \"m/{id}\"\n"
+            )
+        };
+        let path = dir.path().join("fleet.toml");
+        std::fs::write(&path, model("one")).expect("write");
+        std::fs::write(dir.path().join(MODELS_FILE), model("two")).expect("write");
+        let config = Config::load_from(Some(&path), env(&[])).expect("load");
+        let specs = config.model_specs().expect("valid");
+        let ids: Vec<&str> = specs.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["one", "two"]);
+        let workdir = specs[1].local.as_ref().expect("local").workdir.clone();
+        assert!(
+            workdir.ends_with("m/two") && workdir.is_absolute(),
+            "{workdir:?}"
+        );
+        // The same id twice is refused, naming the second.
+        std::fs::write(dir.path().join(MODELS_FILE), model("one")).expect("write");
+        let err = Config::load_from(Some(&path), env(&[]))
+            .expect_err("dup")
+            .to_string();
+        assert!(err.contains("models[1].id"), "{err}");
+        // With no model anywhere, the examples are served.
+        let bare = Config::load_from(None, env(&[])).expect("load");
+        let ids: Vec<String> = bare
+            .model_specs()
+            .expect("valid")
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, ["iris", "sleepy"]);
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("m.toml");

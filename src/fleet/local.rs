@@ -428,3 +428,41 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
         (None, None) => "ended".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_runs_again_only_when_its_inputs_change() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("requirements.txt"), "cog==1\n").expect("write");
+        let setup = SetupSpec {
+            command: vec!["make".to_owned(), "venv".to_owned()],
+            inputs: vec!["requirements.txt".into()],
+        };
+        let first = setup_digest(dir.path(), &setup).expect("digest");
+        assert_eq!(first, setup_digest(dir.path(), &setup).expect("digest"));
+        std::fs::write(dir.path().join("requirements.txt"), "cog==2\n").expect("write");
+        let changed_input = setup_digest(dir.path(), &setup).expect("digest");
+        assert_ne!(first, changed_input);
+        let other_command = SetupSpec {
+            command: vec!["make".to_owned(), "other".to_owned()],
+            ..setup.clone()
+        };
+        assert_ne!(
+            changed_input,
+            setup_digest(dir.path(), &other_command).expect("digest")
+        );
+        // A missing input is an error that names it, not a silent skip.
+        let missing = SetupSpec {
+            inputs: vec!["absent.txt".into()],
+            ..setup
+        };
+        assert!(
+            setup_digest(dir.path(), &missing)
+                .expect_err("missing")
+                .contains("absent.txt")
+        );
+    }
+}

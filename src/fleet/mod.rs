@@ -54,6 +54,9 @@ pub const START_FAILURE_LIMIT: u32 = 3;
 /// How often a request may be dispatched: once, plus one retry after its
 /// instance died under it.
 pub const MAX_ATTEMPTS: i32 = 2;
+/// How long an instance gets to drop a cancelled or timed-out job before it
+/// is replaced.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Fleet {
     db: DatabaseConnection,
@@ -417,6 +420,7 @@ impl Fleet {
             other => other,
         };
 
+        let interrupted = matches!(outcome, Outcome::TimedOut | Outcome::Cancelled);
         let result = match outcome {
             Outcome::Done(p) => {
                 let status = if p.succeeded {
@@ -489,7 +493,14 @@ impl Fleet {
                     let total_ms = (finished_at - request.created_at).num_milliseconds().max(0);
                     self.metrics.observe_total(&model.id, total_ms);
                 }
-                self.instance_idle(instance_id).await;
+                if interrupted && !self.wait_idle(&endpoint).await {
+                    // The model ignored the cancel: replace the instance
+                    // rather than leave it busy with work nobody wants.
+                    self.stop_instance(instance_id, "it kept running a cancelled job")
+                        .await;
+                } else {
+                    self.instance_idle(instance_id).await;
+                }
             }
             Ok(None) => {}
             Err(e) => {
@@ -497,6 +508,18 @@ impl Fleet {
             }
         }
         self.wake();
+    }
+
+    /// After a cancel: waits for the instance to say it is idle again.
+    async fn wait_idle(&self, endpoint: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + CANCEL_GRACE;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(cog::Health::Ready) = self.cog.health(endpoint).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
     }
 
     /// Records a request's final status with its job times.

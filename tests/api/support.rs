@@ -389,3 +389,87 @@ impl Ws {
         }
     }
 }
+
+/// The example `sleepy` model under another id, adjusted by `adjust`.
+pub fn sleepy(
+    id: &str,
+    adjust: impl FnOnce(&mut modelfleet::models::ModelConfig),
+) -> modelfleet::models::ModelConfig {
+    let mut model = modelfleet::models::example_models()
+        .into_iter()
+        .find(|m| m.id == "sleepy")
+        .expect("the sleepy example");
+    model.id = id.to_owned();
+    model.name = Some(id.to_owned());
+    adjust(&mut model);
+    model
+}
+
+pub const SUBMIT: &str =
+    "mutation($input: SubmitRequestInput!) { submitRequest(input: $input) { id status } }";
+
+pub const REQUEST: &str = "query($id: ID!) { request(id: $id) { id status output error attempts modelId \
+    createdAt jobStartedAt jobFinishedAt completedAt queueTimeMs jobTimeMs totalTimeMs } }";
+
+impl TestApp {
+    /// Submits `input` to `model` and returns the request id.
+    pub async fn submit(&self, token: &str, model: &str, input: Value) -> String {
+        let body = self
+            .gql_as(
+                token,
+                SUBMIT,
+                json!({ "input": { "modelId": model, "input": input } }),
+            )
+            .await;
+        body["data"]["submitRequest"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not submitted: {body}"))
+            .to_owned()
+    }
+
+    /// Polls the request until it reaches a final status (first runs may
+    /// include building a model's virtual environment).
+    pub async fn wait_done(&self, token: &str, id: &str) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        loop {
+            let body = self.gql_as(token, REQUEST, json!({ "id": id })).await;
+            let request = body["data"]["request"].clone();
+            match request["status"].as_str() {
+                Some("QUEUED" | "RUNNING") => {}
+                Some(_) => return request,
+                None => panic!("no request in {body}"),
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "request {id} not done: {request}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `check` holds, polling.
+    pub async fn eventually<F, Fut>(&self, what: &str, secs: u64, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !check().await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every instance recorded for `model`.
+    pub async fn instances(&self, model: &str) -> Vec<entity::instance::Model> {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        entity::instance::Entity::find()
+            .filter(entity::instance::Column::ModelId.eq(model))
+            .all(&self.state.db)
+            .await
+            .expect("instances")
+    }
+}
