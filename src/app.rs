@@ -16,8 +16,9 @@ use crate::auth::AuthService;
 use crate::config::Config;
 use crate::fleet::Fleet;
 use crate::fleet::backend::EventLog;
+use crate::fleet::board::InstanceBoard;
 use crate::fleet::local::LocalBackend;
-use crate::graphql::{self, AppSchema, ModelLoader};
+use crate::graphql::{self, AppSchema, EventsLoader, ModelLoader};
 use crate::metrics::Metrics;
 use crate::models::ModelRegistry;
 use crate::requests::RequestService;
@@ -32,6 +33,7 @@ pub struct AppState {
     pub models: ModelRegistry,
     pub requests: RequestService,
     pub fleet: Arc<Fleet>,
+    pub board: Arc<InstanceBoard>,
     pub metrics: Arc<Metrics>,
     pub schema: AppSchema,
     /// Turns `true` when the server begins to shut down; long-lived
@@ -64,7 +66,8 @@ impl Application {
             .apply_config(&config.model_specs()?)
             .await
             .map_err(|e| anyhow::anyhow!("cannot save the configured models: {e}"))?;
-        let events = EventLog::new(db.clone());
+        let board = Arc::new(InstanceBoard::default());
+        let events = EventLog::new(db.clone(), board.clone());
         let scope = format!(
             "{}#{}",
             config.database.url,
@@ -72,7 +75,14 @@ impl Application {
         );
         let backend = Arc::new(LocalBackend::new(&scope, events.clone()));
         let metrics = Arc::new(Metrics::new());
-        let fleet = Fleet::new(db.clone(), models.clone(), backend, events, metrics.clone());
+        let fleet = Fleet::new(
+            db.clone(),
+            models.clone(),
+            backend,
+            events,
+            board.clone(),
+            metrics.clone(),
+        );
         let requests = RequestService::new(db.clone(), models.clone(), fleet.clone());
         let config = Arc::new(config);
         let schema = graphql::builder(&config.graphql)
@@ -81,7 +91,10 @@ impl Application {
             .data(models.clone())
             .data(requests.clone())
             .data(config.clone())
+            .data(board.clone())
+            .data(fleet.clone())
             .data(DataLoader::new(ModelLoader(models.clone()), tokio::spawn))
+            .data(DataLoader::new(EventsLoader(db.clone()), tokio::spawn))
             .finish();
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = AppState {
@@ -91,6 +104,7 @@ impl Application {
             models,
             requests,
             fleet,
+            board,
             metrics,
             schema,
             shutdown,

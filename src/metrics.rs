@@ -117,8 +117,7 @@ impl Metrics {
             .observe(ms as f64 / 1000.0);
     }
 
-    pub fn observe_job(&self, model: &str, status: RequestStatus, ms: i64) {
-        self.request_finished(model, status);
+    pub fn observe_job(&self, model: &str, ms: i64) {
         self.job_seconds
             .get_or_create(&label(model))
             .observe(ms as f64 / 1000.0);

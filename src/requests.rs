@@ -72,6 +72,12 @@ impl RequestService {
         }
         if !submission.input.is_object() {
             fail("input", "must be a JSON object".to_owned());
+        } else if submission.input.to_string().contains("\\u0000") {
+            // PostgreSQL cannot store it; SQLite could. Refuse it on both.
+            fail(
+                "input",
+                "must not contain NUL characters (\\u0000)".to_owned(),
+            );
         }
         if let Some(m) = &model {
             let size = serde_json::to_vec(&submission.input).map_or(usize::MAX, |v| v.len());
@@ -199,19 +205,19 @@ impl RequestService {
                 if done.rows_affected > 0 {
                     tracing::info!(request_id = %id, "request cancelled while queued");
                     self.fleet.announce(id, RequestStatus::Cancelled);
+                    self.fleet
+                        .count_final(&request.model_id, RequestStatus::Cancelled);
                     return self.get_own(session, id).await;
                 }
-                // It was dispatched meanwhile: cancel it where it runs.
-                self.fleet.cancel_running(id);
             }
-            RequestStatus::Running => {
-                self.fleet.cancel_running(id);
-            }
+            RequestStatus::Running => {}
             _ => return Ok(request),
         }
-        // Wait briefly for the job to record its end, so that the answer
-        // says what happened.
+        // Running (or dispatched meanwhile): cancel it where it runs, and
+        // wait briefly for the job to record its end, so that the answer
+        // says what happened. Listen before asking, or the end may be missed.
         let mut changes = self.fleet.changes();
+        self.fleet.cancel_running(id);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
             loop {
                 match changes.recv().await {

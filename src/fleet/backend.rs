@@ -10,6 +10,7 @@ use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::board::{EventRecord, InstanceBoard};
 use crate::models::ModelSpec;
 
 /// A started instance, ready to take jobs.
@@ -59,29 +60,39 @@ impl EventKind {
     }
 }
 
-/// Records instance events in the database.
+/// Records instance events in the database and announces them on the
+/// board.
 #[derive(Clone)]
 pub struct EventLog {
     db: DatabaseConnection,
+    board: Arc<InstanceBoard>,
 }
 
 impl EventLog {
-    pub fn new(db: DatabaseConnection) -> Arc<Self> {
-        Arc::new(Self { db })
+    pub fn new(db: DatabaseConnection, board: Arc<InstanceBoard>) -> Arc<Self> {
+        Arc::new(Self { db, board })
     }
 
     pub async fn record(&self, instance_id: Uuid, kind: EventKind, reason: &str, message: &str) {
+        let event = EventRecord {
+            at: Utc::now(),
+            kind: kind.as_str().to_owned(),
+            reason: reason.to_owned(),
+            message: message.chars().take(4000).collect(),
+            raw: None,
+        };
         let row = instance_event::ActiveModel {
             instance_id: Set(instance_id),
-            at: Set(Utc::now()),
-            kind: Set(kind.as_str().to_owned()),
-            reason: Set(reason.to_owned()),
-            message: Set(message.chars().take(4000).collect()),
+            at: Set(event.at),
+            kind: Set(event.kind.clone()),
+            reason: Set(event.reason.clone()),
+            message: Set(event.message.clone()),
             raw: Set(None),
             ..Default::default()
         };
         if let Err(e) = instance_event::Entity::insert(row).exec(&self.db).await {
             tracing::warn!(instance_id = %instance_id, error = %e, "cannot record instance event");
         }
+        self.board.event(instance_id, event);
     }
 }

@@ -28,11 +28,13 @@ pub struct Prediction {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CogError {
-    /// The instance could not be reached or broke the connection.
-    #[error("the instance did not answer: {0}")]
+    /// The instance could not be reached or broke the connection. The
+    /// detail (addresses, OS errors) stays out of the message that reaches
+    /// clients.
+    #[error("the instance did not answer")]
     Transport(String),
     /// The instance answered with something that is not a prediction.
-    #[error("the instance answered HTTP {status}: {body}")]
+    #[error("the instance answered HTTP {status} without a prediction")]
     Protocol { status: u16, body: String },
 }
 

@@ -205,6 +205,19 @@ impl LocalBackend {
     }
 }
 
+/// A backend that goes away (the server stopping without its orderly
+/// shutdown, a test ending) takes its processes with it rather than leave
+/// them running untracked.
+impl Drop for LocalBackend {
+    fn drop(&mut self) {
+        if let Ok(children) = self.children.lock() {
+            for child in children.values() {
+                let _ = killpg(Pid::from_raw(child.pgid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
 /// What decides whether setup must run again: the command and the contents
 /// of its input files.
 fn setup_digest(workdir: &Path, setup: &SetupSpec) -> Result<String, String> {
@@ -323,10 +336,12 @@ impl Backend for LocalBackend {
                 Ok(status) => describe_exit(status),
                 Err(e) => format!("lost track of the process: {e}"),
             };
+            // Said first: a job waiting on this instance must learn of the
+            // death at once, not after a database write.
+            let _ = exit_tx.send(Some(detail.clone()));
             events
                 .record(instance_id, EventKind::Normal, "ProcessExited", &detail)
                 .await;
-            let _ = exit_tx.send(Some(detail));
         });
         if let Ok(mut children) = self.children.lock() {
             children.insert(

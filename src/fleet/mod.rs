@@ -18,6 +18,7 @@
 //! (idle timeouts).
 
 pub mod backend;
+pub mod board;
 pub mod cog;
 pub mod local;
 mod recovery;
@@ -30,13 +31,14 @@ use chrono::{DateTime, Utc};
 use entity::{InstanceStatus, RequestStatus, instance, work_request};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, sea_query::Expr,
 };
 use serde_json::Value;
 use tokio::sync::{Notify, broadcast, watch};
 use uuid::Uuid;
 
 use self::backend::{Backend, EventKind, EventLog};
+use self::board::{ChangeKind, InstanceBoard, InstanceRecord};
 use self::cog::{CogClient, CogError};
 use crate::metrics::Metrics;
 use crate::models::{ModelRegistry, ModelSpec};
@@ -63,6 +65,7 @@ pub struct Fleet {
     models: ModelRegistry,
     backend: Arc<dyn Backend>,
     events: Arc<EventLog>,
+    board: Arc<InstanceBoard>,
     cog: CogClient,
     metrics: Arc<Metrics>,
     wake: Notify,
@@ -75,10 +78,26 @@ pub struct Fleet {
 #[derive(Default)]
 struct State {
     instances: HashMap<Uuid, Live>,
-    /// Per model: consecutive failed starts and the last reason.
-    start_failures: HashMap<String, (u32, String)>,
+    /// Per model: consecutive failed starts.
+    start_failures: HashMap<String, StartFailures>,
     /// Per running request: signalled to cancel it.
     cancels: HashMap<Uuid, Arc<Notify>>,
+}
+
+/// Consecutive failed starts of one model.
+#[derive(Clone, Copy)]
+struct StartFailures {
+    count: u32,
+    last: tokio::time::Instant,
+}
+
+impl StartFailures {
+    /// How long to wait before the next start: doubling from 1 s, at most a
+    /// minute.
+    fn backoff(&self) -> Duration {
+        Duration::from_secs(1u64 << self.count.saturating_sub(1).min(6))
+            .min(Duration::from_secs(60))
+    }
 }
 
 /// An instance as the scaler sees it.
@@ -110,6 +129,7 @@ impl Fleet {
         models: ModelRegistry,
         backend: Arc<dyn Backend>,
         events: Arc<EventLog>,
+        board: Arc<InstanceBoard>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let (changes, _) = broadcast::channel(4096);
@@ -118,6 +138,7 @@ impl Fleet {
             models,
             backend,
             events,
+            board,
             cog: CogClient::new(),
             metrics,
             wake: Notify::new(),
@@ -145,6 +166,53 @@ impl Fleet {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stops an instance at an administrator's request. A job it runs goes
+    /// back to the queue (or fails, if it already went back once) with the
+    /// reason. Returns `false` when the instance had already stopped (or is
+    /// stopping), changing nothing.
+    pub async fn stop_by_admin(
+        self: &Arc<Self>,
+        id: Uuid,
+        who: &str,
+        reason: &str,
+    ) -> Result<bool, DbErr> {
+        let request = {
+            let state = self.lock();
+            match state.instances.get(&id) {
+                Some(live) if live.active() => live.request,
+                _ => return Ok(false),
+            }
+        };
+        self.events
+            .record(
+                id,
+                EventKind::Normal,
+                "StopRequested",
+                &format!("stop asked by {who}: {reason}"),
+            )
+            .await;
+        tracing::info!(instance_id = %id, by = who, reason, "instance stop requested");
+        if let Some(request_id) = request {
+            self.lock().cancels.remove(&request_id);
+            let attempts = work_request::Entity::find_by_id(request_id)
+                .one(&self.db)
+                .await?
+                .map_or(MAX_ATTEMPTS, |r| r.attempts);
+            let why = format!("its instance was stopped by an administrator: {reason}");
+            self.requeue_or_fail(request_id, Some(id), attempts, &why)
+                .await?;
+        }
+        self.stop_instance(id, &format!("stopped by {who}: {reason}"))
+            .await;
+        self.wake();
+        Ok(true)
+    }
+
+    /// Counts a request that reached a final status outside a job.
+    pub(crate) fn count_final(&self, model_id: &str, status: RequestStatus) {
+        self.metrics.request_finished(model_id, status);
     }
 
     /// Asks a running request to stop; true when it was running here.
@@ -234,14 +302,19 @@ impl Fleet {
         let waiting = queued_count.saturating_sub(dispatched);
 
         // Start what the waiting requests need, within min and max.
-        let (active, coming) = {
+        let (active, stopping, coming) = {
             let state = self.lock();
             let mine = state.instances.values().filter(|l| l.model_id == model.id);
             let active = mine.clone().filter(|l| l.active()).count() as u64;
+            // A stopping instance still holds its resources until it ends.
+            let stopping = mine
+                .clone()
+                .filter(|l| l.status == InstanceStatus::Stopping)
+                .count() as u64;
             let coming = mine
                 .filter(|l| matches!(l.status, InstanceStatus::Pending | InstanceStatus::Starting))
                 .count() as u64;
-            (active, coming + idle.len() as u64)
+            (active, stopping, coming + idle.len() as u64)
         };
         let min = if model.enabled {
             u64::from(model.min_instances)
@@ -250,22 +323,30 @@ impl Fleet {
         };
         let max = u64::from(model.max_instances);
         let failures = self.lock().start_failures.get(&model.id).cloned();
-        if let Some((count, reason)) = failures
-            && count >= START_FAILURE_LIMIT
-        {
-            // Starting keeps failing: fail the waiting requests with the
-            // reason, and let the next submission try again.
-            if active == 0 {
-                self.fail_queued(&model.id, &format!("no instance could start: {reason}"))
-                    .await?;
-                self.lock().start_failures.remove(&model.id);
+        if let Some(failures) = failures {
+            let cooling = tokio::time::Instant::now() < failures.last + failures.backoff();
+            if failures.count >= START_FAILURE_LIMIT && cooling && active == 0 {
+                // Starting keeps failing: fail the waiting requests rather
+                // than keep them forever. One more start is tried when the
+                // back-off ends; a success clears all this.
+                if waiting > 0 {
+                    let reason = format!(
+                        "no instance of model `{}` could start ({} attempts in a row failed; \
+                         the instance events say why)",
+                        model.id, failures.count
+                    );
+                    self.fail_queued(&model.id, &reason).await?;
+                }
+                return Ok(0);
             }
-            return Ok(0);
+            if cooling {
+                return Ok(waiting);
+            }
         }
         let wanted = waiting.saturating_sub(coming);
         let to_start = wanted
             .max(min.saturating_sub(active))
-            .min(max.saturating_sub(active));
+            .min(max.saturating_sub(active + stopping));
         for _ in 0..to_start {
             self.start_instance(model).await?;
         }
@@ -307,6 +388,23 @@ impl Fleet {
         instance_id: Uuid,
         endpoint: String,
     ) -> Result<bool, DbErr> {
+        // Reserve the instance first, under the lock: it must still be
+        // ready, and a cancel arriving from here on finds the job's signal.
+        let cancel = Arc::new(Notify::new());
+        let exited = {
+            let mut state = self.lock();
+            let Some(live) = state.instances.get_mut(&instance_id) else {
+                return Ok(false);
+            };
+            if live.status != InstanceStatus::Ready {
+                return Ok(false);
+            }
+            live.status = InstanceStatus::Busy;
+            live.request = Some(request.id);
+            let exited = live.exited.clone();
+            state.cancels.insert(request.id, cancel.clone());
+            exited
+        };
         let now = Utc::now();
         let queue_ms = (now - request.created_at).num_milliseconds().max(0);
         let claimed = work_request::Entity::update_many()
@@ -321,21 +419,20 @@ impl Fleet {
             .filter(work_request::Column::Id.eq(request.id))
             .filter(work_request::Column::Status.eq(RequestStatus::Queued))
             .exec(&self.db)
-            .await?;
-        if claimed.rows_affected == 0 {
-            return Ok(false);
-        }
-        let cancel = Arc::new(Notify::new());
-        let exited = {
+            .await;
+        if !matches!(&claimed, Ok(c) if c.rows_affected == 1) {
+            // Cancelled or taken meanwhile, or the write failed: release the
+            // instance.
             let mut state = self.lock();
-            state.cancels.insert(request.id, cancel.clone());
-            let Some(live) = state.instances.get_mut(&instance_id) else {
-                return Ok(false);
-            };
-            live.status = InstanceStatus::Busy;
-            live.request = Some(request.id);
-            live.exited.clone()
-        };
+            state.cancels.remove(&request.id);
+            if let Some(live) = state.instances.get_mut(&instance_id)
+                && live.status == InstanceStatus::Busy
+            {
+                live.status = InstanceStatus::Ready;
+                live.request = None;
+            }
+            return claimed.map(|_| false);
+        }
         self.set_instance(instance_id, InstanceStatus::Busy, Some(request.id), None)
             .await;
         self.events
@@ -405,13 +502,17 @@ impl Fleet {
         // A transport error while the process is gone is a death too.
         let outcome = match outcome {
             Outcome::Failed(CogError::Transport(e)) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let gone = self
-                    .lock()
-                    .instances
-                    .get(&instance_id)
-                    .and_then(|l| l.exited.as_ref().map(|rx| rx.borrow().clone()))
-                    .flatten();
+                // A broken connection is a death when the process ends with
+                // it: give the exit a moment to be seen.
+                let gone = match exited.as_mut() {
+                    Some(rx) => {
+                        tokio::time::timeout(Duration::from_secs(1), rx.wait_for(Option::is_some))
+                            .await
+                            .ok()
+                            .and_then(|r| r.ok().and_then(|v| v.clone()))
+                    }
+                    None => None,
+                };
                 match gone {
                     Some(detail) => Outcome::Died(detail),
                     None => Outcome::Failed(CogError::Transport(e)),
@@ -430,6 +531,7 @@ impl Fleet {
                 };
                 self.finish(
                     &request,
+                    instance_id,
                     status,
                     p.output,
                     p.error,
@@ -437,12 +539,22 @@ impl Fleet {
                     Some(finished_at),
                 )
                 .await
-                .map(|()| Some(status))
+                .map(|done| done.then_some(status))
             }
             Outcome::Failed(e) => {
                 let reason = e.to_string();
+                // The detail is for administrators, in the instance events.
+                self.events
+                    .record(
+                        instance_id,
+                        EventKind::Warning,
+                        "JobError",
+                        &format!("{e:?}"),
+                    )
+                    .await;
                 self.finish(
                     &request,
+                    instance_id,
                     RequestStatus::Failed,
                     None,
                     Some(reason),
@@ -450,13 +562,14 @@ impl Fleet {
                     Some(finished_at),
                 )
                 .await
-                .map(|()| Some(RequestStatus::Failed))
+                .map(|done| done.then_some(RequestStatus::Failed))
             }
             Outcome::TimedOut => {
                 self.cog.cancel(&endpoint, &id).await;
                 let reason = format!("timed out after {} s", timeout.as_secs());
                 self.finish(
                     &request,
+                    instance_id,
                     RequestStatus::Failed,
                     None,
                     Some(reason),
@@ -464,12 +577,13 @@ impl Fleet {
                     Some(finished_at),
                 )
                 .await
-                .map(|()| Some(RequestStatus::Failed))
+                .map(|done| done.then_some(RequestStatus::Failed))
             }
             Outcome::Cancelled => {
                 self.cog.cancel(&endpoint, &id).await;
                 self.finish(
                     &request,
+                    instance_id,
                     RequestStatus::Cancelled,
                     None,
                     Some("cancelled".to_owned()),
@@ -477,18 +591,18 @@ impl Fleet {
                     Some(finished_at),
                 )
                 .await
-                .map(|()| Some(RequestStatus::Cancelled))
+                .map(|done| done.then_some(RequestStatus::Cancelled))
             }
             Outcome::Died(detail) => {
                 let reason = format!("the instance ended during the job: {detail}");
-                self.requeue_or_fail(request.id, request.attempts + 1, &reason)
+                self.requeue_or_fail(request.id, Some(instance_id), request.attempts + 1, &reason)
                     .await
                     .map(|()| None)
             }
         };
         match result {
             Ok(Some(status)) => {
-                self.metrics.observe_job(&model.id, status, job_ms);
+                self.metrics.observe_job(&model.id, job_ms);
                 if status == RequestStatus::Succeeded {
                     let total_ms = (finished_at - request.created_at).num_milliseconds().max(0);
                     self.metrics.observe_total(&model.id, total_ms);
@@ -504,7 +618,12 @@ impl Fleet {
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::error!(request_id = %request.id, error = %e, "cannot record a job's end")
+                tracing::error!(request_id = %request.id, error = %e, "cannot record a job's end");
+                // Do not leave the instance busy forever: replace it. The
+                // request is settled by recovery on the next restart at the
+                // latest.
+                self.stop_instance(instance_id, "its job's end could not be recorded")
+                    .await;
             }
         }
         self.wake();
@@ -522,29 +641,36 @@ impl Fleet {
         false
     }
 
-    /// Records a request's final status with its job times.
+    /// Records a request's final status with its job times, if it is still
+    /// running on `instance_id`.
     async fn finish(
         &self,
         request: &work_request::Model,
+        instance_id: Uuid,
         status: RequestStatus,
         output: Option<Value>,
         error: Option<String>,
         logs: Option<String>,
         job_finished_at: Option<DateTime<Utc>>,
-    ) -> Result<(), DbErr> {
+    ) -> Result<bool, DbErr> {
+        // PostgreSQL cannot store NUL characters; whatever a model says is
+        // kept without them.
+        let output = output.map(without_nul);
+        let error = error.map(|e| e.replace('\0', ""));
+        let logs = logs.map(|l| l.replace('\0', ""));
         let now = Utc::now();
         let current = work_request::Entity::find_by_id(request.id)
             .one(&self.db)
             .await?;
         let Some(current) = current else {
-            return Ok(());
+            return Ok(false);
         };
         let job_ms = match (current.job_started_at, job_finished_at) {
             (Some(a), Some(b)) => Some((b - a).num_milliseconds().max(0)),
             _ => None,
         };
         let total_ms = (now - current.created_at).num_milliseconds().max(0);
-        work_request::Entity::update_many()
+        let done = work_request::Entity::update_many()
             .col_expr(work_request::Column::Status, Expr::value(status))
             .col_expr(work_request::Column::Output, Expr::value(output))
             .col_expr(work_request::Column::Error, Expr::value(error))
@@ -558,18 +684,29 @@ impl Fleet {
             .col_expr(work_request::Column::TotalMs, Expr::value(total_ms))
             .filter(work_request::Column::Id.eq(request.id))
             .filter(work_request::Column::Status.eq(RequestStatus::Running))
+            .filter(work_request::Column::InstanceId.eq(instance_id))
             .exec(&self.db)
             .await?;
+        if done.rows_affected == 0 {
+            // Settled elsewhere meanwhile (re-queued by a stop).
+            return Ok(false);
+        }
         tracing::info!(request_id = %request.id, model_id = %request.model_id, status = ?status, job_ms, total_ms, "request finished");
         self.announce(request.id, status);
-        Ok(())
+        self.metrics.request_finished(&request.model_id, status);
+        Ok(true)
     }
 
     /// Puts a running request back in the queue, or fails it when it already
     /// went back once.
+    ///
+    /// `instance`, when given, is the instance the job ran on: the change
+    /// applies only while the request is still running there, so a late
+    /// report about an old attempt cannot touch a newer one.
     pub(crate) async fn requeue_or_fail(
         &self,
         id: Uuid,
+        instance: Option<Uuid>,
         attempts: i32,
         reason: &str,
     ) -> Result<(), DbErr> {
@@ -593,6 +730,9 @@ impl Fleet {
                 )
                 .filter(work_request::Column::Id.eq(id))
                 .filter(work_request::Column::Status.eq(RequestStatus::Running))
+                .apply_if(instance, |q, v| {
+                    q.filter(work_request::Column::InstanceId.eq(v))
+                })
                 .exec(&self.db)
                 .await?;
             tracing::warn!(request_id = %id, reason, "request re-queued");
@@ -600,7 +740,10 @@ impl Fleet {
         } else {
             let now = Utc::now();
             let row = work_request::Entity::find_by_id(id).one(&self.db).await?;
-            let total_ms = row.map(|r| (now - r.created_at).num_milliseconds().max(0));
+            let total_ms = row
+                .as_ref()
+                .map(|r| (now - r.created_at).num_milliseconds().max(0));
+            let model = row.map(|r| r.model_id);
             work_request::Entity::update_many()
                 .col_expr(
                     work_request::Column::Status,
@@ -611,10 +754,16 @@ impl Fleet {
                 .col_expr(work_request::Column::TotalMs, Expr::value(total_ms))
                 .filter(work_request::Column::Id.eq(id))
                 .filter(work_request::Column::Status.eq(RequestStatus::Running))
+                .apply_if(instance, |q, v| {
+                    q.filter(work_request::Column::InstanceId.eq(v))
+                })
                 .exec(&self.db)
                 .await?;
             tracing::warn!(request_id = %id, reason, "request failed after its retry");
             self.announce(id, RequestStatus::Failed);
+            if let Some(model) = model {
+                self.metrics.request_finished(&model, RequestStatus::Failed);
+            }
         }
         Ok(())
     }
@@ -643,6 +792,8 @@ impl Fleet {
                 .await?;
             if done.rows_affected > 0 {
                 self.announce(id, RequestStatus::Failed);
+                self.metrics
+                    .request_finished(model_id, RequestStatus::Failed);
             }
         }
         tracing::warn!(
@@ -686,6 +837,20 @@ impl Fleet {
                 exited: None,
             },
         );
+        self.board.created(InstanceRecord {
+            id,
+            model_id: model.id.clone(),
+            backend: self.backend.name().to_owned(),
+            handle: None,
+            node: None,
+            status: InstanceStatus::Pending,
+            status_detail: None,
+            request_id: None,
+            created_at: now,
+            ready_at: None,
+            stopped_at: None,
+            stop_reason: None,
+        });
         tracing::info!(instance_id = %id, model_id = %model.id, "instance starting");
         let fleet = self.clone();
         let model = model.clone();
@@ -721,6 +886,7 @@ impl Fleet {
                     self.backend.stop(id).await;
                     return;
                 }
+                let detail = serde_json::json!({ "pid": started.handle });
                 let _ = instance::Entity::update_many()
                     .col_expr(instance::Column::Status, Expr::value(InstanceStatus::Ready))
                     .col_expr(
@@ -730,9 +896,17 @@ impl Fleet {
                     .col_expr(instance::Column::Node, Expr::value(started.node.clone()))
                     .col_expr(instance::Column::ReadyAt, Expr::value(now))
                     .col_expr(instance::Column::IdleSince, Expr::value(now))
+                    .col_expr(instance::Column::StatusDetail, Expr::value(detail.clone()))
                     .filter(instance::Column::Id.eq(id))
                     .exec(&self.db)
                     .await;
+                self.board.update(id, ChangeKind::Status, |r| {
+                    r.status = InstanceStatus::Ready;
+                    r.handle = Some(started.handle.clone());
+                    r.node = started.node.clone();
+                    r.ready_at = Some(now);
+                    r.status_detail = Some(detail);
+                });
                 self.events
                     .record(
                         id,
@@ -755,12 +929,16 @@ impl Fleet {
             Err(reason) => {
                 {
                     let mut state = self.lock();
-                    let entry = state
-                        .start_failures
-                        .entry(model.id.clone())
-                        .or_insert((0, String::new()));
-                    entry.0 += 1;
-                    entry.1 = reason.clone();
+                    let entry =
+                        state
+                            .start_failures
+                            .entry(model.id.clone())
+                            .or_insert(StartFailures {
+                                count: 0,
+                                last: tokio::time::Instant::now(),
+                            });
+                    entry.count += 1;
+                    entry.last = tokio::time::Instant::now();
                     if let Some(live) = state.instances.get_mut(&id) {
                         live.status = InstanceStatus::Failed;
                     }
@@ -769,6 +947,7 @@ impl Fleet {
                     .record(id, EventKind::Warning, "StartFailed", &reason)
                     .await;
                 self.set_stopped(id, InstanceStatus::Failed, &reason).await;
+                self.lock().instances.remove(&id);
                 tracing::warn!(instance_id = %id, model_id = %model.id, reason = %reason, "instance failed to start");
             }
         }
@@ -833,15 +1012,7 @@ impl Fleet {
             }
         };
         if ready {
-            let _ = instance::Entity::update_many()
-                .col_expr(instance::Column::Status, Expr::value(InstanceStatus::Ready))
-                .col_expr(
-                    instance::Column::RequestId,
-                    Expr::value(Option::<Uuid>::None),
-                )
-                .col_expr(instance::Column::IdleSince, Expr::value(Utc::now()))
-                .filter(instance::Column::Id.eq(id))
-                .exec(&self.db)
+            self.set_instance(id, InstanceStatus::Ready, None, None)
                 .await;
         }
     }
@@ -852,6 +1023,8 @@ impl Fleet {
         }
     }
 
+    /// Records a status change (with the assigned request, if any) and
+    /// announces it.
     async fn set_instance(
         &self,
         id: Uuid,
@@ -862,8 +1035,11 @@ impl Fleet {
         let mut update = instance::Entity::update_many()
             .col_expr(instance::Column::Status, Expr::value(status))
             .col_expr(instance::Column::RequestId, Expr::value(request));
+        if status == InstanceStatus::Ready {
+            update = update.col_expr(instance::Column::IdleSince, Expr::value(Utc::now()));
+        }
         if detail.is_some() {
-            update = update.col_expr(instance::Column::StatusDetail, Expr::value(detail));
+            update = update.col_expr(instance::Column::StatusDetail, Expr::value(detail.clone()));
         }
         if let Err(e) = update
             .filter(instance::Column::Id.eq(id))
@@ -872,23 +1048,65 @@ impl Fleet {
         {
             tracing::warn!(instance_id = %id, error = %e, "cannot record instance status");
         }
+        let kind = if request.is_some() {
+            ChangeKind::Assigned
+        } else {
+            ChangeKind::Status
+        };
+        self.board.update(id, kind, |r| {
+            r.status = status;
+            r.request_id = request;
+            if detail.is_some() {
+                r.status_detail = detail;
+            }
+        });
     }
 
+    /// Records that an instance has ended, how and why, and announces it.
     async fn set_stopped(&self, id: Uuid, status: InstanceStatus, reason: &str) {
-        let result = instance::Entity::update_many()
+        let now = Utc::now();
+        let exit = self
+            .lock()
+            .instances
+            .get(&id)
+            .and_then(|l| l.exited.as_ref().and_then(|rx| rx.borrow().clone()));
+        let detail = self.board.get(id).map(|r| {
+            let mut detail = r
+                .status_detail
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({}));
+            if let (Some(map), Some(exit)) = (detail.as_object_mut(), &exit) {
+                map.insert("exit".to_owned(), Value::from(exit.clone()));
+            }
+            detail
+        });
+        let mut update = instance::Entity::update_many()
             .col_expr(instance::Column::Status, Expr::value(status))
             .col_expr(
                 instance::Column::RequestId,
                 Expr::value(Option::<Uuid>::None),
             )
-            .col_expr(instance::Column::StoppedAt, Expr::value(Utc::now()))
-            .col_expr(instance::Column::StopReason, Expr::value(reason.to_owned()))
+            .col_expr(instance::Column::StoppedAt, Expr::value(now))
+            .col_expr(instance::Column::StopReason, Expr::value(reason.to_owned()));
+        if detail.is_some() {
+            update = update.col_expr(instance::Column::StatusDetail, Expr::value(detail.clone()));
+        }
+        let result = update
             .filter(instance::Column::Id.eq(id))
             .exec(&self.db)
             .await;
         if let Err(e) = result {
             tracing::warn!(instance_id = %id, error = %e, "cannot record instance stop");
         }
+        self.board.update(id, ChangeKind::Stopped, |r| {
+            r.status = status;
+            r.request_id = None;
+            r.stopped_at = Some(now);
+            r.stop_reason = Some(reason.to_owned());
+            if detail.is_some() {
+                r.status_detail = detail;
+            }
+        });
     }
 
     /// On shutdown: running jobs go back to the queue (a restart picks them
@@ -940,4 +1158,18 @@ impl Fleet {
 fn attempts_plus(n: i32) -> sea_orm::sea_query::SimpleExpr {
     use sea_orm::sea_query::ExprTrait;
     Expr::col(work_request::Column::Attempts).add(n)
+}
+
+/// The JSON value with every NUL character removed from its strings.
+fn without_nul(value: Value) -> Value {
+    match value {
+        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "")),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_nul).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k.replace('\0', ""), without_nul(v)))
+                .collect(),
+        ),
+        other => other,
+    }
 }

@@ -49,6 +49,7 @@ impl Fleet {
             }
             self.requeue_or_fail(
                 request.id,
+                None,
                 request.attempts,
                 "the server restarted during the job",
             )

@@ -7,6 +7,7 @@
 mod account;
 mod codes;
 mod guard;
+mod instances;
 mod models;
 mod pagination;
 mod requests;
@@ -17,6 +18,7 @@ use std::net::IpAddr;
 use async_graphql::{MergedObject, MergedSubscription, Schema, SchemaBuilder};
 
 pub use guard::{RequirePermission, RequireSession, RequireUser};
+pub use instances::EventsLoader;
 pub use models::ModelLoader;
 
 use crate::config::GraphqlConfig;
@@ -24,6 +26,7 @@ use crate::config::GraphqlConfig;
 #[derive(MergedObject, Default)]
 pub struct Query(
     account::AccountQuery,
+    instances::InstancesQuery,
     models::ModelsQuery,
     requests::RequestsQuery,
     users::UsersQuery,
@@ -32,13 +35,18 @@ pub struct Query(
 #[derive(MergedObject, Default)]
 pub struct Mutation(
     account::AccountMutation,
+    instances::InstancesMutation,
     models::ModelsMutation,
     requests::RequestsMutation,
     users::UsersMutation,
 );
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(account::AccountSubscription, requests::RequestsSubscription);
+pub struct Subscription(
+    account::AccountSubscription,
+    instances::InstancesSubscription,
+    requests::RequestsSubscription,
+);
 
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
 

@@ -242,8 +242,9 @@ impl RequestsSubscription {
         let id = parse_id(&id)?;
         let service = service(ctx).clone();
         let session: Arc<Session> = session(ctx)?.clone();
-        let first = service.get_own(&session, id).await?;
+        // Listen before reading, so that no change falls in between.
         let changes = service.fleet().changes();
+        let first = service.get_own(&session, id).await?;
         let state = Feed {
             id,
             service,

@@ -8,6 +8,7 @@ mod accounts;
 mod cli;
 mod database;
 mod graphql_surface;
+mod instances;
 mod models;
 mod permissions;
 mod postgres_schema;

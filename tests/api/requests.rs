@@ -160,11 +160,24 @@ db_test!(a_model_that_cannot_start_fails_its_queue, db => {
     let request = app.wait_done(&token, &id).await;
     assert_eq!(request["status"], "FAILED");
     let error = request["error"].as_str().unwrap_or_default();
-    assert!(error.starts_with("no instance could start"), "{error}");
-    assert!(error.contains("setup failed on purpose"), "{error}");
+    assert!(error.starts_with("no instance of model `broken` could start"), "{error}");
+    // The details are for administrators, not in the request.
+    assert!(!error.contains("setup failed on purpose"), "{error}");
     assert!(request["jobStartedAt"].is_null());
     let instances = app.instances("broken").await;
     assert_eq!(instances.len(), 3, "{instances:?}");
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let events = entity::instance_event::Entity::find()
+        .filter(entity::instance_event::Column::Reason.eq("StartFailed"))
+        .all(&app.state.db)
+        .await
+        .expect("events");
+    assert_eq!(events.len(), 3);
+    assert!(events.iter().all(|e| e.message.contains("setup failed on purpose")), "{events:?}");
+    // While the model keeps failing, new requests fail fast.
+    let id = app.submit(&token, "broken", json!({})).await;
+    let request = app.wait_done(&token, &id).await;
+    assert_eq!(request["status"], "FAILED");
 });
 
 db_test!(submitting_is_idempotent_and_checked, db => {
@@ -180,6 +193,7 @@ db_test!(submitting_is_idempotent_and_checked, db => {
     let input = json!({ "input": { "modelId": "echo", "input": { "message": "once" }, "clientRequestId": "k-1" } });
     let first = app.gql_as(&token, SUBMIT, input.clone()).await;
     let again = app.gql_as(&token, SUBMIT, input.clone()).await;
+    assert!(first["data"]["submitRequest"]["id"].is_string(), "{first}");
     assert_eq!(first["data"]["submitRequest"]["id"], again["data"]["submitRequest"]["id"]);
     let theirs = app.gql_as(&other, SUBMIT, input).await;
     assert_ne!(first["data"]["submitRequest"]["id"], theirs["data"]["submitRequest"]["id"]);
@@ -195,6 +209,7 @@ db_test!(submitting_is_idempotent_and_checked, db => {
         (json!({ "modelId": "echo", "input": [1, 2] }), "input"),
         (json!({ "modelId": "echo", "input": { "message": "x".repeat(100) } }), "input"),
         (json!({ "modelId": "echo", "input": {}, "clientRequestId": "" }), "clientRequestId"),
+        (json!({ "modelId": "echo", "input": { "message": "a\u{0}b" } }), "input"),
     ];
     for (input, field) in cases {
         let body = app.gql_as(&token, SUBMIT, json!({ "input": input })).await;
