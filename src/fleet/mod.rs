@@ -84,6 +84,15 @@ struct State {
     cancels: HashMap<Uuid, Arc<Notify>>,
 }
 
+/// How a job ended, as recorded on its request.
+struct Ending {
+    status: RequestStatus,
+    output: Option<Value>,
+    error: Option<String>,
+    logs: Option<String>,
+    job_finished_at: Option<DateTime<Utc>>,
+}
+
 /// Consecutive failed starts of one model.
 #[derive(Clone, Copy)]
 struct StartFailures {
@@ -532,11 +541,13 @@ impl Fleet {
                 self.finish(
                     &request,
                     instance_id,
-                    status,
-                    p.output,
-                    p.error,
-                    p.logs,
-                    Some(finished_at),
+                    Ending {
+                        status,
+                        output: p.output,
+                        error: p.error,
+                        logs: p.logs,
+                        job_finished_at: Some(finished_at),
+                    },
                 )
                 .await
                 .map(|done| done.then_some(status))
@@ -555,11 +566,13 @@ impl Fleet {
                 self.finish(
                     &request,
                     instance_id,
-                    RequestStatus::Failed,
-                    None,
-                    Some(reason),
-                    None,
-                    Some(finished_at),
+                    Ending {
+                        status: RequestStatus::Failed,
+                        output: None,
+                        error: Some(reason),
+                        logs: None,
+                        job_finished_at: Some(finished_at),
+                    },
                 )
                 .await
                 .map(|done| done.then_some(RequestStatus::Failed))
@@ -570,11 +583,13 @@ impl Fleet {
                 self.finish(
                     &request,
                     instance_id,
-                    RequestStatus::Failed,
-                    None,
-                    Some(reason),
-                    None,
-                    Some(finished_at),
+                    Ending {
+                        status: RequestStatus::Failed,
+                        output: None,
+                        error: Some(reason),
+                        logs: None,
+                        job_finished_at: Some(finished_at),
+                    },
                 )
                 .await
                 .map(|done| done.then_some(RequestStatus::Failed))
@@ -584,11 +599,13 @@ impl Fleet {
                 self.finish(
                     &request,
                     instance_id,
-                    RequestStatus::Cancelled,
-                    None,
-                    Some("cancelled".to_owned()),
-                    None,
-                    Some(finished_at),
+                    Ending {
+                        status: RequestStatus::Cancelled,
+                        output: None,
+                        error: Some("cancelled".to_owned()),
+                        logs: None,
+                        job_finished_at: Some(finished_at),
+                    },
                 )
                 .await
                 .map(|done| done.then_some(RequestStatus::Cancelled))
@@ -647,12 +664,15 @@ impl Fleet {
         &self,
         request: &work_request::Model,
         instance_id: Uuid,
-        status: RequestStatus,
-        output: Option<Value>,
-        error: Option<String>,
-        logs: Option<String>,
-        job_finished_at: Option<DateTime<Utc>>,
+        ending: Ending,
     ) -> Result<bool, DbErr> {
+        let Ending {
+            status,
+            output,
+            error,
+            logs,
+            job_finished_at,
+        } = ending;
         // PostgreSQL cannot store NUL characters; whatever a model says is
         // kept without them.
         let output = output.map(without_nul);

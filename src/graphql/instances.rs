@@ -193,6 +193,7 @@ impl Loader<Uuid> for EventsLoader {
     async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Vec<EventRecord>>, Self::Error> {
         let rows = instance_event::Entity::find()
             .filter(instance_event::Column::InstanceId.is_in(keys.iter().copied()))
+            .order_by_desc(instance_event::Column::At)
             .order_by_desc(instance_event::Column::Id)
             .limit((keys.len() * MAX_EVENTS) as u64)
             .all(&self.0)
