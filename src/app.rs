@@ -141,7 +141,12 @@ impl Application {
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
         let addr = listener.local_addr()?;
         let housekeeping = tokio::spawn(housekeeping(state.clone()));
-        let scaler = tokio::spawn(state.fleet.clone().run(state.shutdown.clone()));
+        let scaler = tokio::spawn(
+            state
+                .fleet
+                .clone()
+                .run(state.config.database.clone(), state.shutdown.clone()),
+        );
         let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let graceful = async move {

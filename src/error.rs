@@ -23,7 +23,11 @@ pub enum ApiError {
     Forbidden(&'static str),
     BadUserInput(FieldErrors),
     NotFound(&'static str),
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    /// This server cannot do it now (another one runs the scaler).
+    Unavailable(&'static str),
     Internal,
 }
 
@@ -38,6 +42,7 @@ impl ApiError {
             ApiError::BadUserInput(_) => "BAD_USER_INPUT",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
+            ApiError::Unavailable(_) => "UNAVAILABLE",
             ApiError::Internal => "INTERNAL",
         }
     }
@@ -77,6 +82,7 @@ impl ApiError {
             ApiError::RateLimited { retry_after_secs } => {
                 format!("too many attempts from this address; retry in {retry_after_secs} s")
             }
+            ApiError::Unavailable(why) => (*why).to_owned(),
             ApiError::Internal => "internal error".to_owned(),
         }
     }

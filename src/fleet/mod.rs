@@ -20,6 +20,7 @@
 pub mod backend;
 pub mod board;
 pub mod cog;
+pub mod leader;
 pub mod local;
 mod recovery;
 
@@ -40,6 +41,8 @@ use uuid::Uuid;
 use self::backend::{Backend, EventKind, EventLog};
 use self::board::{ChangeKind, InstanceBoard, InstanceRecord};
 use self::cog::{CogClient, CogError};
+use self::leader::Leadership;
+use crate::config::DatabaseConfig;
 use crate::metrics::Metrics;
 use crate::models::{ModelRegistry, ModelSpec};
 
@@ -237,27 +240,55 @@ impl Fleet {
 
     /// Runs the scaler until `shutdown` turns true, then stops every
     /// instance and puts running requests back in the queue.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        if let Err(e) = self.recover().await {
-            tracing::error!(error = %e, "recovery after restart failed");
-        }
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ///
+    /// Only one server per database runs the scaler: this one waits for the
+    /// lock first (see [`leader`]). Losing the lock (its connection broke)
+    /// stops this server's instances and waits for the lock again.
+    pub async fn run(
+        self: Arc<Self>,
+        database: DatabaseConfig,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
-            tokio::select! {
-                () = self.wake.notified() => {}
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => break,
+            let stop = shutdown.clone();
+            let Some(mut leadership) = Leadership::acquire(&database, || *stop.borrow()).await
+            else {
+                return;
+            };
+            tracing::info!("running the scaler");
+            if let Err(e) = self.recover().await {
+                tracing::error!(error = %e, "recovery after restart failed");
             }
-            if *shutdown.borrow() {
-                break;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut passes: u64 = 0;
+            let lost = loop {
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    _ = tick.tick() => {}
+                    _ = shutdown.changed() => break false,
+                }
+                if *shutdown.borrow() {
+                    break false;
+                }
+                passes += 1;
+                if passes.is_multiple_of(10) && !leadership.still_held().await {
+                    break true;
+                }
+                if let Err(e) = self.reconcile().await {
+                    tracing::warn!(error = %e, "scaler pass failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            };
+            self.shutdown().await;
+            drop(leadership);
+            if !lost {
+                return;
             }
-            if let Err(e) = self.reconcile().await {
-                tracing::warn!(error = %e, "scaler pass failed");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            tracing::error!(
+                "lost the scaler lock; stopped this server's instances and waiting to take over again"
+            );
         }
-        self.shutdown().await;
     }
 
     /// One pass over every model.

@@ -292,3 +292,46 @@ db_test!(request_updates_follow_a_request_to_its_end, db => {
     sorted.dedup();
     assert_eq!(sorted, statuses, "no status twice in a row");
 });
+
+db_test!(my_requests_filter_and_page, db => {
+    let app = TestApp::spawn_with(db, |c| {
+        c.models = vec![sleepy("a", |_| {}), sleepy("b", |m| m.enabled = true)]
+    })
+    .await;
+    let token = app.anonymous().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let model = if i % 2 == 0 { "a" } else { "b" };
+        ids.push(app.submit(&token, model, json!({ "message": format!("m{i}") })).await);
+    }
+    for id in &ids {
+        app.wait_done(&token, id).await;
+    }
+    let page = "query($after: String, $f: MyRequestsFilter) { myRequests(first: 2, after: $after, filter: $f) { \
+        edges { node { id modelId status } } pageInfo { hasNextPage endCursor } } }";
+    let mut seen = Vec::new();
+    let mut after = Value::Null;
+    loop {
+        let body = app.gql_as(&token, page, json!({ "after": after })).await;
+        let conn = &body["data"]["myRequests"];
+        for edge in conn["edges"].as_array().expect("edges") {
+            seen.push(edge["node"]["id"].as_str().expect("id").to_owned());
+        }
+        if conn["pageInfo"]["hasNextPage"] != true {
+            break;
+        }
+        after = conn["pageInfo"]["endCursor"].clone();
+    }
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+    let body = app.gql_as(&token, page, json!({ "f": { "modelId": "b" } })).await;
+    let models: Vec<&str> = body["data"]["myRequests"]["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .filter_map(|e| e["node"]["modelId"].as_str())
+        .collect();
+    assert_eq!(models, ["b", "b"]);
+    let body = app.gql_as(&token, page, json!({ "f": { "status": "FAILED" } })).await;
+    assert_eq!(body["data"]["myRequests"]["edges"], json!([]));
+});

@@ -1,0 +1,156 @@
+//! One scaler per database. Several servers may share one PostgreSQL; only
+//! the one holding the lock runs the scaler (and recovery), the others
+//! serve the API and wait to take over.
+//!
+//! On PostgreSQL the lock is a session advisory lock on a connection of its
+//! own, keyed by the schema; it is released when that connection ends,
+//! however the server ends. On SQLite it is an exclusive `flock` on a file
+//! beside the database.
+
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
+use sea_orm::sqlx::{ConnectOptions, Connection, Row};
+use sha2::{Digest, Sha256};
+
+use crate::config::DatabaseConfig;
+
+/// Held while this server runs the scaler.
+pub enum Leadership {
+    Postgres(PgConnection),
+    Sqlite(Flock<std::fs::File>),
+    /// An in-memory SQLite database: nothing else can share it.
+    Alone,
+}
+
+impl Leadership {
+    /// Tries once to take the lock; `Ok(None)` when another server holds it.
+    pub async fn try_acquire(config: &DatabaseConfig) -> Result<Option<Leadership>, String> {
+        if config.is_sqlite() {
+            return sqlite_lock(&config.url);
+        }
+        let opts: PgConnectOptions = config
+            .url
+            .parse()
+            .map_err(|e| format!("database URL: {e}"))?;
+        let mut conn = opts
+            .disable_statement_logging()
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect for the scaler lock: {e}"))?;
+        let row = sea_orm::sqlx::query("SELECT pg_try_advisory_lock($1) AS held")
+            .bind(lock_key(config.schema.as_deref().unwrap_or("")))
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| format!("cannot take the scaler lock: {e}"))?;
+        let held: bool = row.try_get("held").map_err(|e| e.to_string())?;
+        if held {
+            Ok(Some(Leadership::Postgres(conn)))
+        } else {
+            let _ = conn.close().await;
+            Ok(None)
+        }
+    }
+
+    /// Whether the lock still holds (its connection is alive).
+    pub async fn still_held(&mut self) -> bool {
+        match self {
+            Leadership::Postgres(conn) => conn.ping().await.is_ok(),
+            Leadership::Sqlite(_) | Leadership::Alone => true,
+        }
+    }
+
+    /// Waits until this server holds the lock, or `stop` completes first.
+    pub async fn acquire(
+        config: &DatabaseConfig,
+        mut stop: impl FnMut() -> bool,
+    ) -> Option<Leadership> {
+        let mut waiting_logged = false;
+        loop {
+            match Self::try_acquire(config).await {
+                Ok(Some(held)) => return Some(held),
+                Ok(None) if !waiting_logged => {
+                    tracing::info!("another server runs the scaler; waiting to take over");
+                    waiting_logged = true;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot take the scaler lock"),
+            }
+            for _ in 0..50 {
+                if stop() {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One lock per schema, so that separate deployments in one database do not
+/// wait on each other.
+fn lock_key(schema: &str) -> i64 {
+    let digest = Sha256::digest(format!("modelfleet scaler {schema}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+fn sqlite_lock(url: &str) -> Result<Option<Leadership>, String> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(Some(Leadership::Alone));
+    }
+    let lock_path = format!("{path}.scaler-lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {lock_path}: {e}"))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(Leadership::Sqlite(lock))),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(format!("cannot lock {lock_path}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_sqlite_scaler_per_database_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = DatabaseConfig {
+            url: format!("sqlite://{}?mode=rwc", dir.path().join("x.db").display()),
+            ..Default::default()
+        };
+        let first = Leadership::try_acquire(&config).await.expect("lock");
+        assert!(matches!(first, Some(Leadership::Sqlite(_))));
+        assert!(
+            Leadership::try_acquire(&config)
+                .await
+                .expect("lock")
+                .is_none()
+        );
+        drop(first);
+        assert!(
+            Leadership::try_acquire(&config)
+                .await
+                .expect("lock")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn schemas_have_their_own_lock() {
+        assert_ne!(lock_key(""), lock_key("fleet"));
+        assert_eq!(lock_key("fleet"), lock_key("fleet"));
+    }
+}
