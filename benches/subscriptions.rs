@@ -39,6 +39,20 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// User plus system CPU time of a process, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(") ")?.1.to_owned();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 async fn gql(base: &str, token: Option<&str>, query: &str, vars: Value) -> Value {
     let mut req = reqwest::Client::new()
         .post(format!("{base}/graphql"))
@@ -187,13 +201,19 @@ inputs = ["requirements.txt"]
             while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
                 let Message::Text(text) = message else { continue };
                 let now = chrono::Utc::now();
-                let value: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
-                let update = &value["payload"]["data"]["instanceUpdates"];
-                if update["kind"] == "RESYNC" {
+                // Read just what is measured, so that the clients (which
+                // share the machine with the server) cost as little as
+                // possible.
+                let text = text.as_str();
+                if text.contains("\"RESYNC\"") {
                     resyncs.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                if let Some(at) = update["at"].as_str().and_then(|a| a.parse::<chrono::DateTime<chrono::Utc>>().ok()) {
+                let at = text
+                    .split_once("\"at\":\"")
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .and_then(|(at, _)| at.parse::<chrono::DateTime<chrono::Utc>>().ok());
+                if let Some(at) = at {
                     mine.push((now - at).num_microseconds().unwrap_or(0).max(0) as u64);
                 }
             }
@@ -217,6 +237,7 @@ inputs = ["requirements.txt"]
         .expect("token")
         .to_owned();
     let started = Instant::now();
+    let cpu_before = cpu_secs(server.id());
     for _ in 0..REQUESTS {
         let body = gql(
             &base,
@@ -244,6 +265,7 @@ inputs = ["requirements.txt"]
         }
     }
     let drive = started.elapsed();
+    let server_cpu = cpu_secs(server.id()) - cpu_before;
     let rss_peak = rss_kib(server.id());
     for client in clients {
         let _ = client.await;
@@ -267,6 +289,11 @@ inputs = ["requirements.txt"]
         ms(percentile(&delays, 99.0)),
         ms(delays.last().copied().unwrap_or(0)),
         resyncs.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "server CPU during the drive: {server_cpu:.1} s of {:.1} s (2 cores, shared with the clients)",
+        drive.as_secs_f64()
     );
     let _ = writeln!(
         out,

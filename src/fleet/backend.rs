@@ -26,6 +26,9 @@ pub struct Started {
     pub exited: watch::Receiver<Option<String>>,
 }
 
+/// How a backend reports what happens: lifecycle changes, output lines and
+/// (on Kubernetes) cluster events go to the [`EventLog`] it is built with;
+/// the end of an instance comes through [`Started::exited`].
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// `local` or `kubernetes`.
@@ -38,6 +41,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Stops an instance: asks it to end, then forces it after a grace
     /// period. Returns when it has ended.
     async fn stop(&self, instance_id: Uuid);
+
+    /// The instances this backend runs now.
+    fn owned(&self) -> Vec<Uuid>;
 
     /// Ends every instance this backend finds that is not in `tracked`
     /// (left by an earlier run of the server). Returns how many it ended.

@@ -388,6 +388,13 @@ impl Backend for LocalBackend {
         }
     }
 
+    fn owned(&self) -> Vec<Uuid> {
+        self.children
+            .lock()
+            .map(|c| c.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     async fn end_untracked(&self, tracked: &HashSet<Uuid>) -> usize {
         let mut ended = 0;
         let Ok(entries) = std::fs::read_dir("/proc") else {

@@ -1201,6 +1201,10 @@ impl Fleet {
             }
         });
         futures_util::future::join_all(stops).await;
+        // Anything the backend still runs that the scaler lost track of.
+        for id in self.backend.owned() {
+            self.backend.stop(id).await;
+        }
         tracing::info!("all instances stopped");
     }
 }

@@ -16,7 +16,7 @@ use async_graphql::{Data, ErrorExtensions};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{broadcast, watch};
 
 use super::client_ip;
@@ -134,7 +134,35 @@ async fn serve(state: AppState, socket: WebSocket, protocol: WebSocketProtocols,
         tokio::select! {
             message = connection.next() => match message {
                 Some(WsMessage::Text(text)) => {
-                    if sink.send(Message::Text(text.into())).await.is_err() {
+                    // Queue what is ready at once, then write it in one go:
+                    // a burst of updates costs one flush, not one each.
+                    if sink.feed(Message::Text(text.into())).await.is_err() {
+                        break None;
+                    }
+                    let mut closing = None;
+                    while let Some(next) = connection.next().now_or_never() {
+                        match next {
+                            Some(WsMessage::Text(text)) => {
+                                if sink.feed(Message::Text(text.into())).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Some(WsMessage::Close(code, reason)) => {
+                                closing = Some((code, reason));
+                                break;
+                            }
+                            None => {
+                                closing = Some((1000, String::new()));
+                                break;
+                            }
+                        }
+                    }
+                    if sink.flush().await.is_err() {
+                        break None;
+                    }
+                    if let Some((code, reason)) = closing {
+                        let code = if rejected.load(Ordering::Relaxed) { 4403 } else { code };
+                        let _ = sink.send(close_frame(code, &reason)).await;
                         break None;
                     }
                 }
