@@ -193,7 +193,7 @@ inputs = ["requirements.txt"]
                 .await
                 .expect("init");
             let _ack = ws.next().await;
-            let subscribe = json!({ "id": "1", "type": "subscribe", "payload": { "query": "subscription { instanceUpdates { kind at } }" } });
+            let subscribe = json!({ "id": "1", "type": "subscribe", "payload": { "query": "subscription { instanceUpdates { kind at instance { id modelId status requestId startedAt } } }" } });
             ws.send(Message::Text(subscribe.to_string().into())).await.expect("subscribe");
             ready.wait().await;
             let mut mine = Vec::new();

@@ -87,11 +87,15 @@ pub enum ChangeKind {
     Stopped,
 }
 
+/// One change, with the record after it and (for updates) before it, so
+/// that a subscriber filtering on status also sees an instance leave the
+/// statuses it watches.
 #[derive(Debug, Clone)]
 pub struct InstanceChange {
     pub kind: ChangeKind,
     pub at: DateTime<Utc>,
     pub instance: Arc<InstanceRecord>,
+    pub previous: Option<Arc<InstanceRecord>>,
     pub event: Option<Arc<EventRecord>>,
 }
 
@@ -127,12 +131,14 @@ impl InstanceBoard {
         &self,
         kind: ChangeKind,
         instance: Arc<InstanceRecord>,
+        previous: Option<Arc<InstanceRecord>>,
         event: Option<Arc<EventRecord>>,
     ) {
         let _no_subscribers = self.changes.send(InstanceChange {
             kind,
             at: Utc::now(),
             instance,
+            previous,
             event,
         });
     }
@@ -140,44 +146,48 @@ impl InstanceBoard {
     /// A new instance.
     pub fn created(&self, record: InstanceRecord) {
         let record = Arc::new(record);
-        self.records
+        let mut records = self
+            .records
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(record.id, record.clone());
-        self.publish(ChangeKind::Created, record, None);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        records.insert(record.id, record.clone());
+        // Sent under the lock, so that changes go out in the order they
+        // were made.
+        self.publish(ChangeKind::Created, record, None, None);
     }
 
     /// Applies `change` to the instance's record and announces it as `kind`.
     /// A stopped or failed instance leaves the board after its announcement.
     pub fn update(&self, id: Uuid, kind: ChangeKind, change: impl FnOnce(&mut InstanceRecord)) {
-        let record = {
-            let mut records = self
-                .records
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let Some(current) = records.get(&id) else {
-                return;
-            };
-            let mut next = (**current).clone();
-            change(&mut next);
-            let next = Arc::new(next);
-            if matches!(
-                next.status,
-                InstanceStatus::Stopped | InstanceStatus::Failed
-            ) {
-                records.remove(&id);
-            } else {
-                records.insert(id, next.clone());
-            }
-            next
+        let mut records = self
+            .records
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(current) = records.get(&id).cloned() else {
+            return;
         };
-        self.publish(kind, record, None);
+        let mut next = (*current).clone();
+        change(&mut next);
+        let next = Arc::new(next);
+        if matches!(
+            next.status,
+            InstanceStatus::Stopped | InstanceStatus::Failed
+        ) {
+            records.remove(&id);
+        } else {
+            records.insert(id, next.clone());
+        }
+        self.publish(kind, next, Some(current), None);
     }
 
     /// An event about an instance still on the board.
     pub fn event(&self, id: Uuid, event: EventRecord) {
-        if let Some(record) = self.get(id) {
-            self.publish(ChangeKind::Event, record, Some(Arc::new(event)));
+        let records = self
+            .records
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(record) = records.get(&id).cloned() {
+            self.publish(ChangeKind::Event, record, None, Some(Arc::new(event)));
         }
     }
 }

@@ -53,10 +53,13 @@ impl Leadership {
         }
     }
 
-    /// Whether the lock still holds (its connection is alive).
+    /// Whether the lock still holds: its session is alive and answers in
+    /// time (a session lock lasts as long as its session).
     pub async fn still_held(&mut self) -> bool {
         match self {
-            Leadership::Postgres(conn) => conn.ping().await.is_ok(),
+            Leadership::Postgres(conn) => tokio::time::timeout(Duration::from_secs(2), conn.ping())
+                .await
+                .is_ok_and(|r| r.is_ok()),
             Leadership::Sqlite(_) | Leadership::Alone => true,
         }
     }

@@ -76,6 +76,8 @@ pub struct Fleet {
     state: Mutex<State>,
     /// Names this server run on the instances it starts.
     run_id: String,
+    /// Set while this server holds the scaler lock.
+    leading: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -87,6 +89,16 @@ struct State {
     cancels: HashMap<Uuid, Arc<Notify>>,
 }
 
+/// What `stop_by_admin` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    Stopping,
+    /// It had stopped (or was stopping) already; nothing was done.
+    AlreadyStopped,
+    /// This server does not run the scaler, so it cannot stop instances.
+    NotHere,
+}
+
 /// How a job ended, as recorded on its request.
 struct Ending {
     status: RequestStatus,
@@ -94,6 +106,19 @@ struct Ending {
     error: Option<String>,
     logs: Option<String>,
     job_finished_at: Option<DateTime<Utc>>,
+}
+
+impl Ending {
+    /// A job that ended without an answer from the model.
+    fn without_output(status: RequestStatus, reason: String, finished_at: DateTime<Utc>) -> Self {
+        Ending {
+            status,
+            output: None,
+            error: Some(reason),
+            logs: None,
+            job_finished_at: Some(finished_at),
+        }
+    }
 }
 
 /// Consecutive failed starts of one model.
@@ -157,6 +182,7 @@ impl Fleet {
             changes,
             state: Mutex::new(State::default()),
             run_id: Uuid::now_v7().to_string(),
+            leading: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -189,13 +215,25 @@ impl Fleet {
         id: Uuid,
         who: &str,
         reason: &str,
-    ) -> Result<bool, DbErr> {
+    ) -> Result<StopOutcome, DbErr> {
+        if !self.is_leading() {
+            return Ok(StopOutcome::NotHere);
+        }
+        // Take the instance out of service and its job off it at once, so
+        // that neither the scaler nor the job's end can slip in between.
         let request = {
-            let state = self.lock();
-            match state.instances.get(&id) {
-                Some(live) if live.active() => live.request,
-                _ => return Ok(false),
+            let mut state = self.lock();
+            let request = match state.instances.get_mut(&id) {
+                Some(live) if live.active() => {
+                    live.status = InstanceStatus::Stopping;
+                    live.request.take()
+                }
+                _ => return Ok(StopOutcome::AlreadyStopped),
+            };
+            if let Some(request) = request {
+                state.cancels.remove(&request);
             }
+            request
         };
         self.events
             .record(
@@ -207,7 +245,6 @@ impl Fleet {
             .await;
         tracing::info!(instance_id = %id, by = who, reason, "instance stop requested");
         if let Some(request_id) = request {
-            self.lock().cancels.remove(&request_id);
             let attempts = work_request::Entity::find_by_id(request_id)
                 .one(&self.db)
                 .await?
@@ -219,7 +256,12 @@ impl Fleet {
         self.stop_instance(id, &format!("stopped by {who}: {reason}"))
             .await;
         self.wake();
-        Ok(true)
+        Ok(StopOutcome::Stopping)
+    }
+
+    /// Whether this server runs the scaler now.
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Counts a request that reached a final status outside a job.
@@ -256,12 +298,13 @@ impl Fleet {
                 return;
             };
             tracing::info!("running the scaler");
+            self.leading
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             if let Err(e) = self.recover().await {
                 tracing::error!(error = %e, "recovery after restart failed");
             }
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut passes: u64 = 0;
             let lost = loop {
                 tokio::select! {
                     () = self.wake.notified() => {}
@@ -271,8 +314,7 @@ impl Fleet {
                 if *shutdown.borrow() {
                     break false;
                 }
-                passes += 1;
-                if passes.is_multiple_of(10) && !leadership.still_held().await {
+                if !leadership.still_held().await {
                     break true;
                 }
                 if let Err(e) = self.reconcile().await {
@@ -280,6 +322,8 @@ impl Fleet {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             };
+            self.leading
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             self.shutdown().await;
             drop(leadership);
             if !lost {
@@ -445,6 +489,7 @@ impl Fleet {
             state.cancels.insert(request.id, cancel.clone());
             exited
         };
+        // Claimed below; announced once the claim holds.
         let now = Utc::now();
         let queue_ms = (now - request.created_at).num_milliseconds().max(0);
         let claimed = work_request::Entity::update_many()
@@ -473,7 +518,17 @@ impl Fleet {
             }
             return claimed.map(|_| false);
         }
-        self.set_instance(instance_id, InstanceStatus::Busy, Some(request.id), None)
+        {
+            let state = self.lock();
+            if state
+                .instances
+                .get(&instance_id)
+                .is_some_and(|l| l.request == Some(request.id))
+            {
+                self.publish_status(instance_id, InstanceStatus::Busy, Some(request.id), None);
+            }
+        }
+        self.write_instance(instance_id, InstanceStatus::Busy, Some(request.id), None)
             .await;
         self.events
             .record(
@@ -562,91 +617,61 @@ impl Fleet {
         };
 
         let interrupted = matches!(outcome, Outcome::TimedOut | Outcome::Cancelled);
-        let result = match outcome {
-            Outcome::Done(p) => {
-                let status = if p.succeeded {
+        let ending = match outcome {
+            Outcome::Done(p) => Ok(Ending {
+                status: if p.succeeded {
                     RequestStatus::Succeeded
                 } else {
                     RequestStatus::Failed
-                };
-                self.finish(
-                    &request,
-                    instance_id,
-                    Ending {
-                        status,
-                        output: p.output,
-                        error: p.error,
-                        logs: p.logs,
-                        job_finished_at: Some(finished_at),
-                    },
-                )
-                .await
-                .map(|done| done.then_some(status))
-            }
+                },
+                output: p.output,
+                error: p.error,
+                logs: p.logs,
+                job_finished_at: Some(finished_at),
+            }),
             Outcome::Failed(e) => {
-                let reason = e.to_string();
                 // The detail is for administrators, in the instance events.
+                let detail = format!("{e:?}");
                 self.events
-                    .record(
-                        instance_id,
-                        EventKind::Warning,
-                        "JobError",
-                        &format!("{e:?}"),
-                    )
+                    .record(instance_id, EventKind::Warning, "JobError", &detail)
                     .await;
-                self.finish(
-                    &request,
-                    instance_id,
-                    Ending {
-                        status: RequestStatus::Failed,
-                        output: None,
-                        error: Some(reason),
-                        logs: None,
-                        job_finished_at: Some(finished_at),
-                    },
-                )
-                .await
-                .map(|done| done.then_some(RequestStatus::Failed))
+                Ok(Ending::without_output(
+                    RequestStatus::Failed,
+                    e.to_string(),
+                    finished_at,
+                ))
             }
             Outcome::TimedOut => {
                 self.cog.cancel(&endpoint, &id).await;
                 let reason = format!("timed out after {} s", timeout.as_secs());
-                self.finish(
-                    &request,
-                    instance_id,
-                    Ending {
-                        status: RequestStatus::Failed,
-                        output: None,
-                        error: Some(reason),
-                        logs: None,
-                        job_finished_at: Some(finished_at),
-                    },
-                )
-                .await
-                .map(|done| done.then_some(RequestStatus::Failed))
+                Ok(Ending::without_output(
+                    RequestStatus::Failed,
+                    reason,
+                    finished_at,
+                ))
             }
             Outcome::Cancelled => {
                 self.cog.cancel(&endpoint, &id).await;
-                self.finish(
-                    &request,
-                    instance_id,
-                    Ending {
-                        status: RequestStatus::Cancelled,
-                        output: None,
-                        error: Some("cancelled".to_owned()),
-                        logs: None,
-                        job_finished_at: Some(finished_at),
-                    },
-                )
-                .await
-                .map(|done| done.then_some(RequestStatus::Cancelled))
+                let reason = "cancelled".to_owned();
+                Ok(Ending::without_output(
+                    RequestStatus::Cancelled,
+                    reason,
+                    finished_at,
+                ))
             }
-            Outcome::Died(detail) => {
-                let reason = format!("the instance ended during the job: {detail}");
-                self.requeue_or_fail(request.id, Some(instance_id), request.attempts + 1, &reason)
+            Outcome::Died(detail) => Err(format!("the instance ended during the job: {detail}")),
+        };
+        let result = match ending {
+            Ok(ending) => {
+                let status = ending.status;
+                self.finish(&request, instance_id, ending)
                     .await
-                    .map(|()| None)
+                    .map(|done| done.then_some(status))
             }
+            Err(reason) => self
+                .requeue_or_fail(request.id, Some(instance_id), request.attempts + 1, &reason)
+                .await
+                .map(|()| None),
         };
         match result {
             Ok(Some(status)) => {
@@ -762,7 +787,7 @@ impl Fleet {
         reason: &str,
     ) -> Result<(), DbErr> {
         if attempts < MAX_ATTEMPTS {
-            work_request::Entity::update_many()
+            let done = work_request::Entity::update_many()
                 .col_expr(
                     work_request::Column::Status,
                     Expr::value(RequestStatus::Queued),
@@ -786,6 +811,9 @@ impl Fleet {
                 })
                 .exec(&self.db)
                 .await?;
+            if done.rows_affected == 0 {
+                return Ok(());
+            }
             tracing::warn!(request_id = %id, reason, "request re-queued");
             self.announce(id, RequestStatus::Queued);
         } else {
@@ -795,7 +823,7 @@ impl Fleet {
                 .as_ref()
                 .map(|r| (now - r.created_at).num_milliseconds().max(0));
             let model = row.map(|r| r.model_id);
-            work_request::Entity::update_many()
+            let done = work_request::Entity::update_many()
                 .col_expr(
                     work_request::Column::Status,
                     Expr::value(RequestStatus::Failed),
@@ -810,6 +838,9 @@ impl Fleet {
                 })
                 .exec(&self.db)
                 .await?;
+            if done.rows_affected == 0 {
+                return Ok(());
+            }
             tracing::warn!(request_id = %id, reason, "request failed after its retry");
             self.announce(id, RequestStatus::Failed);
             if let Some(model) = model {
@@ -978,6 +1009,17 @@ impl Fleet {
                 });
             }
             Err(reason) => {
+                let stopped_meanwhile = self
+                    .lock()
+                    .instances
+                    .get(&id)
+                    .is_none_or(|l| l.status == InstanceStatus::Stopping);
+                if stopped_meanwhile {
+                    // Stopped while starting: the stop records the end; this
+                    // is no failure of the model.
+                    self.wake();
+                    return;
+                }
                 {
                     let mut state = self.lock();
                     let entry =
@@ -1049,22 +1091,28 @@ impl Fleet {
         });
     }
 
+    /// A job ended and the instance is free. Recorded before the scaler
+    /// can see it as ready, so that a new assignment's write always lands
+    /// after this one.
     async fn instance_idle(&self, id: Uuid) {
-        let ready = {
-            let mut state = self.lock();
-            match state.instances.get_mut(&id) {
-                Some(live) if live.status == InstanceStatus::Busy => {
-                    live.status = InstanceStatus::Ready;
-                    live.request = None;
-                    live.idle_since = tokio::time::Instant::now();
-                    true
-                }
-                _ => false,
-            }
-        };
-        if ready {
-            self.set_instance(id, InstanceStatus::Ready, None, None)
-                .await;
+        let busy = self
+            .lock()
+            .instances
+            .get(&id)
+            .is_some_and(|l| l.status == InstanceStatus::Busy);
+        if !busy {
+            return;
+        }
+        self.write_instance(id, InstanceStatus::Ready, None, None)
+            .await;
+        let mut state = self.lock();
+        if let Some(live) = state.instances.get_mut(&id)
+            && live.status == InstanceStatus::Busy
+        {
+            live.status = InstanceStatus::Ready;
+            live.request = None;
+            live.idle_since = tokio::time::Instant::now();
+            self.publish_status(id, InstanceStatus::Ready, None, None);
         }
     }
 
@@ -1074,9 +1122,43 @@ impl Fleet {
         }
     }
 
-    /// Records a status change (with the assigned request, if any) and
-    /// announces it.
+    /// Announces a status change (with the assigned request, if any), then
+    /// records it.
     async fn set_instance(
+        &self,
+        id: Uuid,
+        status: InstanceStatus,
+        request: Option<Uuid>,
+        detail: Option<Value>,
+    ) {
+        self.publish_status(id, status, request, detail.clone());
+        self.write_instance(id, status, request, detail).await;
+    }
+
+    /// The board's side of a status change.
+    fn publish_status(
+        &self,
+        id: Uuid,
+        status: InstanceStatus,
+        request: Option<Uuid>,
+        detail: Option<Value>,
+    ) {
+        let kind = if request.is_some() {
+            ChangeKind::Assigned
+        } else {
+            ChangeKind::Status
+        };
+        self.board.update(id, kind, |r| {
+            r.status = status;
+            r.request_id = request;
+            if detail.is_some() {
+                r.status_detail = detail;
+            }
+        });
+    }
+
+    /// The database's side of a status change.
+    async fn write_instance(
         &self,
         id: Uuid,
         status: InstanceStatus,
@@ -1090,7 +1172,7 @@ impl Fleet {
             update = update.col_expr(instance::Column::IdleSince, Expr::value(Utc::now()));
         }
         if detail.is_some() {
-            update = update.col_expr(instance::Column::StatusDetail, Expr::value(detail.clone()));
+            update = update.col_expr(instance::Column::StatusDetail, Expr::value(detail));
         }
         if let Err(e) = update
             .filter(instance::Column::Id.eq(id))
@@ -1099,18 +1181,6 @@ impl Fleet {
         {
             tracing::warn!(instance_id = %id, error = %e, "cannot record instance status");
         }
-        let kind = if request.is_some() {
-            ChangeKind::Assigned
-        } else {
-            ChangeKind::Status
-        };
-        self.board.update(id, kind, |r| {
-            r.status = status;
-            r.request_id = request;
-            if detail.is_some() {
-                r.status_detail = detail;
-            }
-        });
     }
 
     /// Records that an instance has ended, how and why, and announces it.
@@ -1163,14 +1233,18 @@ impl Fleet {
     /// On shutdown: running jobs go back to the queue (a restart picks them
     /// up) and every instance is stopped.
     async fn shutdown(self: &Arc<Self>) {
-        let (ids, running): (Vec<Uuid>, Vec<Uuid>) = {
+        let (ids, running): (Vec<Uuid>, Vec<(Uuid, Uuid)>) = {
             let state = self.lock();
             (
                 state.instances.keys().copied().collect(),
-                state.instances.values().filter_map(|l| l.request).collect(),
+                state
+                    .instances
+                    .iter()
+                    .filter_map(|(id, l)| l.request.map(|r| (r, *id)))
+                    .collect(),
             )
         };
-        for request in running {
+        for (request, instance) in running {
             let _ = work_request::Entity::update_many()
                 .col_expr(
                     work_request::Column::Status,
@@ -1187,6 +1261,7 @@ impl Fleet {
                 .col_expr(work_request::Column::Attempts, attempts_plus(-1))
                 .filter(work_request::Column::Id.eq(request))
                 .filter(work_request::Column::Status.eq(RequestStatus::Running))
+                .filter(work_request::Column::InstanceId.eq(instance))
                 .exec(&self.db)
                 .await;
         }
@@ -1198,6 +1273,7 @@ impl Fleet {
                 fleet
                     .set_stopped(id, InstanceStatus::Stopped, "server shut down")
                     .await;
+                fleet.lock().instances.remove(&id);
             }
         });
         futures_util::future::join_all(stops).await;

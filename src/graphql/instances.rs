@@ -24,8 +24,8 @@ use super::models::{Model, ModelLoader};
 use super::{RequirePermission, pagination};
 use crate::auth::Permission;
 use crate::error::ApiError;
-use crate::fleet::Fleet;
 use crate::fleet::board::{ChangeKind, EventRecord, InstanceBoard, InstanceChange, InstanceRecord};
+use crate::fleet::{Fleet, StopOutcome};
 
 /// The most events one instance lists at once.
 pub const MAX_EVENTS: usize = 500;
@@ -345,6 +345,9 @@ impl InstancesMutation {
         if reason.chars().count() > 500 {
             return Err(ApiError::field("reason", "must be at most 500 characters long").into());
         }
+        if reason.contains('\0') {
+            return Err(ApiError::field("reason", "must not contain NUL characters").into());
+        }
         let who = session(ctx)?
             .user
             .as_ref()
@@ -359,10 +362,20 @@ impl InstancesMutation {
             return Err(ApiError::NotFound("instance").into());
         }
         let fleet = ctx.data_unchecked::<Arc<Fleet>>();
-        let stopped = fleet
+        let outcome = fleet
             .stop_by_admin(id, &who, &reason)
             .await
             .map_err(ApiError::from)?;
+        let stopped = match outcome {
+            StopOutcome::Stopping => true,
+            StopOutcome::AlreadyStopped => false,
+            StopOutcome::NotHere => {
+                return Err(ApiError::Unavailable(
+                    "this server does not run the scaler; ask the one that does",
+                )
+                .into());
+            }
+        };
         let row = instance::Entity::find_by_id(id)
             .one(db)
             .await
@@ -423,6 +436,13 @@ impl InstancesSubscription {
         ctx: &Context<'_>,
         filter: Option<InstanceFilter>,
     ) -> Result<impl Stream<Item = InstanceUpdate>> {
+        if !ctx.data_unchecked::<Arc<Fleet>>().is_leading() {
+            // Changes are seen only where the scaler runs.
+            return Err(ApiError::Unavailable(
+                "this server does not run the scaler; subscribe on the one that does",
+            )
+            .into());
+        }
         let filter = filter.unwrap_or_default();
         let changes = ctx.data_unchecked::<Arc<InstanceBoard>>().subscribe();
         Ok(futures_util::stream::unfold(
@@ -431,7 +451,14 @@ impl InstancesSubscription {
                 loop {
                     match changes.recv().await {
                         Ok(change) => {
-                            if filter.matches(&change.instance) {
+                            // Before or after: a watcher of BUSY instances
+                            // also sees one go READY.
+                            let matches = filter.matches(&change.instance)
+                                || change
+                                    .previous
+                                    .as_deref()
+                                    .is_some_and(|p| filter.matches(p));
+                            if matches {
                                 return Some((update_of(change), (changes, filter)));
                             }
                         }

@@ -26,6 +26,11 @@ use crate::auth::{Session, SessionEvent};
 use crate::error::ApiError;
 use crate::graphql::{BearerToken, ClientAddr};
 
+/// The most messages written with one flush.
+const MAX_BATCH: usize = 64;
+/// How long a client may take to accept what is written to it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often an authenticated connection checks that its session still
 /// holds (expiry; a logout is seen at once).
 const SESSION_CHECK: Duration = Duration::from_secs(30);
@@ -134,30 +139,30 @@ async fn serve(state: AppState, socket: WebSocket, protocol: WebSocketProtocols,
         tokio::select! {
             message = connection.next() => match message {
                 Some(WsMessage::Text(text)) => {
-                    // Queue what is ready at once, then write it in one go:
-                    // a burst of updates costs one flush, not one each.
-                    if sink.feed(Message::Text(text.into())).await.is_err() {
-                        break None;
-                    }
+                    // Queue what is ready at once (up to a bound), then write
+                    // it in one go: a burst of updates costs one flush, not
+                    // one each. A client that stops reading is dropped
+                    // rather than allowed to hold this loop.
+                    let mut queued = vec![Message::Text(text.into())];
                     let mut closing = None;
-                    while let Some(next) = connection.next().now_or_never() {
-                        match next {
-                            Some(WsMessage::Text(text)) => {
-                                if sink.feed(Message::Text(text.into())).await.is_err() {
-                                    break;
-                                }
-                            }
-                            Some(WsMessage::Close(code, reason)) => {
+                    while queued.len() < MAX_BATCH {
+                        match connection.next().now_or_never() {
+                            Some(Some(WsMessage::Text(text))) => queued.push(Message::Text(text.into())),
+                            Some(Some(WsMessage::Close(code, reason))) => {
                                 closing = Some((code, reason));
                                 break;
                             }
-                            None => {
-                                closing = Some((1000, String::new()));
-                                break;
-                            }
+                            Some(None) | None => break,
                         }
                     }
-                    if sink.flush().await.is_err() {
+                    let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+                        for message in queued {
+                            sink.feed(message).await?;
+                        }
+                        sink.flush().await
+                    })
+                    .await;
+                    if !matches!(written, Ok(Ok(()))) {
                         break None;
                     }
                     if let Some((code, reason)) = closing {

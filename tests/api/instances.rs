@@ -30,6 +30,7 @@ db_test!(a_subscriber_sees_an_instance_through_its_whole_life, db => {
     assert_eq!(ws.next_json().await["type"], "connection_ack");
     let query = "subscription { instanceUpdates(filter: { modelIds: [\"watched\"] }) { kind at instance { id status requestId } event { reason } } }";
     ws.send(json!({ "id": "u", "type": "subscribe", "payload": { "query": query } })).await;
+    ws.sync().await;
 
     let token = app.anonymous().await;
     let id = app.submit(&token, "watched", json!({ "seconds": 0.3 })).await;
@@ -137,7 +138,8 @@ db_test!(instance_filters_and_event_limits, db => {
         .await;
     let events = body["data"]["instance"]["events"].as_array().expect("events");
     assert_eq!(events.len(), 2, "{body}");
-    assert!(events[0]["at"].as_str() >= events[1]["at"].as_str());
+    let (newer, older) = (events[0]["at"].as_str(), events[1]["at"].as_str());
+    assert!(newer.is_some() && newer >= older, "{events:?}");
     let body = app
         .gql_as(&admin, "query($id: ID!) { instance(id: $id) { events(limit: 0) { at } } }", json!({ "id": id }))
         .await;
@@ -171,4 +173,39 @@ db_test!(non_admins_are_refused_everything_about_instances, db => {
         let want = if token.is_some() { "FORBIDDEN" } else { "UNAUTHENTICATED" };
         assert_eq!(refused["payload"]["errors"][0]["extensions"]["code"], want, "{refused}");
     }
+});
+
+db_test!(subscription_filters_see_only_their_instances, db => {
+    let app = TestApp::spawn_with(db, |c| {
+        c.models = vec![sleepy("left", |_| {}), sleepy("right", |_| {})]
+    })
+    .await;
+    let admin = app.admin("root").await;
+    let (mut ws, _) = app.websocket("graphql-transport-ws").await;
+    ws.send(json!({ "type": "connection_init", "payload": { "token": admin } })).await;
+    assert_eq!(ws.next_json().await["type"], "connection_ack");
+    let query = "subscription { instanceUpdates(filter: { modelIds: [\"right\"], statuses: [BUSY] }) { kind instance { modelId status } } }";
+    ws.send(json!({ "id": "f", "type": "subscribe", "payload": { "query": query } })).await;
+    ws.sync().await;
+    let token = app.anonymous().await;
+    let left = app.submit(&token, "left", json!({})).await;
+    app.wait_done(&token, &left).await;
+    let right = app.submit(&token, "right", json!({ "seconds": 0.2 })).await;
+    app.wait_done(&token, &right).await;
+    // Only `right`, and only changes into or out of BUSY: assigned (now
+    // busy), its events while busy, and back to ready.
+    let mut seen = Vec::new();
+    loop {
+        let update = match ws.next().await {
+            Frame::Json(m) => m["payload"]["data"]["instanceUpdates"].clone(),
+            Frame::Closed(code, reason) => panic!("closed {code:?} {reason}"),
+        };
+        assert_eq!(update["instance"]["modelId"], "right", "{update}");
+        let status = update["instance"]["status"].as_str().unwrap_or_default().to_owned();
+        seen.push(status.clone());
+        if status == "READY" {
+            break;
+        }
+    }
+    assert_eq!(seen.first().map(String::as_str), Some("BUSY"), "{seen:?}");
 });

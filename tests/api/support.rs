@@ -185,6 +185,7 @@ impl TestApp {
     pub async fn spawn_on(config: Config, test_db: TestDb) -> TestApp {
         let url = config.database.url.clone();
         let app = Application::build(config).await.expect("server builds");
+        let fleet = app.state().fleet.clone();
         let addr = app.local_addr();
         let state = app.state().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -195,6 +196,16 @@ impl TestApp {
             .await
             .expect("server runs");
         });
+        // The scaler takes its lock first thing; wait for it, so that tests
+        // never race it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !fleet.is_leading() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the scaler never started"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         TestApp {
             addr,
             state,
@@ -376,6 +387,23 @@ impl Ws {
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Frame::Closed(None, String::new()),
+            }
+        }
+    }
+
+    /// Round-trips a ping: every message sent before it has been handled
+    /// (graphql-transport-ws handles a connection's messages in order).
+    pub async fn sync(&mut self) {
+        self.send(json!({ "type": "ping" })).await;
+        loop {
+            let message =
+                tokio::time::timeout(std::time::Duration::from_secs(10), self.inner.next())
+                    .await
+                    .expect("a pong within 10 s");
+            if let Some(Ok(Message::Text(t))) = message
+                && t.as_str().contains("\"pong\"")
+            {
+                return;
             }
         }
     }
