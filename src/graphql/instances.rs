@@ -191,11 +191,30 @@ impl Loader<Uuid> for EventsLoader {
     type Error = Arc<sea_orm::DbErr>;
 
     async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Vec<EventRecord>>, Self::Error> {
+        use instance_event::Column as C;
+        use sea_orm::Iterable;
+        use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait, Order, Query, WindowStatement};
+        // The newest MAX_EVENTS of each instance, in one query: number each
+        // instance's events newest first, keep the first ones.
+        let mut window = WindowStatement::partition_by(C::InstanceId);
+        window
+            .order_by(C::At, Order::Desc)
+            .order_by(C::Id, Order::Desc);
+        let mut inner = Query::select();
+        inner
+            .columns(C::iter())
+            .expr_window_as(Expr::cust("ROW_NUMBER()"), window, Alias::new("rn"))
+            .from(instance_event::Entity)
+            .and_where(Expr::col(C::InstanceId).is_in(keys.iter().copied()));
+        let mut outer = Query::select();
+        outer
+            .column(Asterisk)
+            .from_subquery(inner, Alias::new("ranked"))
+            .and_where(Expr::col(Alias::new("rn")).lte(MAX_EVENTS as i64))
+            .order_by(Alias::new("rn"), Order::Asc);
+        let statement = self.0.get_database_backend().build(&outer);
         let rows = instance_event::Entity::find()
-            .filter(instance_event::Column::InstanceId.is_in(keys.iter().copied()))
-            .order_by_desc(instance_event::Column::At)
-            .order_by_desc(instance_event::Column::Id)
-            .limit((keys.len() * MAX_EVENTS) as u64)
+            .from_raw_sql(statement)
             .all(&self.0)
             .await
             .map_err(Arc::new)?;

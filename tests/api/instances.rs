@@ -132,6 +132,16 @@ db_test!(instance_filters_and_event_limits, db => {
     assert_eq!(list(&app, &admin, json!({ "startedFrom": past })).await.len(), 2);
     assert!(list(&app, &admin, json!({ "statuses": ["BUSY"] })).await.is_empty());
 
+    // One page, every instance with its own newest events.
+    let page = app
+        .gql_as(&admin, "{ instances { edges { node { modelId events(limit: 3) { reason } } } } }", json!({}))
+        .await;
+    let edges = page["data"]["instances"]["edges"].as_array().expect("edges");
+    assert_eq!(edges.len(), 2, "{page}");
+    for edge in edges {
+        let events = edge["node"]["events"].as_array().expect("events");
+        assert_eq!(events.len(), 3, "{page}");
+    }
     let id = first[0]["id"].clone();
     let body = app
         .gql_as(&admin, "query($id: ID!) { instance(id: $id) { events(limit: 2) { at reason } } }", json!({ "id": id }))
