@@ -464,39 +464,45 @@ impl InstancesSubscription {
         }
         let filter = filter.unwrap_or_default();
         let changes = ctx.data_unchecked::<Arc<InstanceBoard>>().subscribe();
-        Ok(futures_util::stream::unfold(
-            (changes, filter),
-            |(mut changes, filter)| async move {
-                loop {
-                    match changes.recv().await {
-                        Ok(change) => {
-                            // Before or after: a watcher of BUSY instances
-                            // also sees one go READY.
-                            let matches = filter.matches(&change.instance)
-                                || change
-                                    .previous
-                                    .as_deref()
-                                    .is_some_and(|p| filter.matches(p));
-                            if matches {
-                                return Some((update_of(change), (changes, filter)));
-                            }
-                        }
-                        Err(RecvError::Lagged(missed)) => {
-                            let update = InstanceUpdate {
-                                kind: InstanceChangeKind::Resync,
-                                at: Utc::now(),
-                                instance: None,
-                                event: None,
-                                missed: Some(missed),
-                            };
-                            return Some((update, (changes, filter)));
-                        }
-                        Err(RecvError::Closed) => return None,
+        Ok(updates(changes, filter))
+    }
+}
+
+/// The updates a subscriber with `filter` receives from `changes`: the
+/// matching changes, and a `RESYNC` whenever it fell behind.
+fn updates(
+    changes: tokio::sync::broadcast::Receiver<InstanceChange>,
+    filter: InstanceFilter,
+) -> impl Stream<Item = InstanceUpdate> {
+    futures_util::stream::unfold((changes, filter), |(mut changes, filter)| async move {
+        loop {
+            match changes.recv().await {
+                Ok(change) => {
+                    // Before or after: a watcher of BUSY instances also sees
+                    // one go READY.
+                    let matches = filter.matches(&change.instance)
+                        || change
+                            .previous
+                            .as_deref()
+                            .is_some_and(|p| filter.matches(p));
+                    if matches {
+                        return Some((update_of(change), (changes, filter)));
                     }
                 }
-            },
-        ))
-    }
+                Err(RecvError::Lagged(missed)) => {
+                    let update = InstanceUpdate {
+                        kind: InstanceChangeKind::Resync,
+                        at: Utc::now(),
+                        instance: None,
+                        event: None,
+                        missed: Some(missed),
+                    };
+                    return Some((update, (changes, filter)));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
 }
 
 fn update_of(change: InstanceChange) -> InstanceUpdate {
@@ -512,5 +518,85 @@ fn update_of(change: InstanceChange) -> InstanceUpdate {
         event: change.event.as_deref().map(InstanceEvent::from),
         instance: Some(Instance(change.instance)),
         missed: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::fleet::board::CHANGE_BUFFER;
+
+    fn record(model: &str) -> InstanceRecord {
+        InstanceRecord {
+            id: Uuid::now_v7(),
+            model_id: model.to_owned(),
+            backend: "local".to_owned(),
+            handle: None,
+            node: None,
+            status: entity::InstanceStatus::Pending,
+            status_detail: None,
+            request_id: None,
+            created_at: Utc::now(),
+            ready_at: None,
+            stopped_at: None,
+            stop_reason: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_told_to_requery_and_goes_on() {
+        let board = InstanceBoard::default();
+        let stream = updates(board.subscribe(), InstanceFilter::default());
+        futures_util::pin_mut!(stream);
+        // Nobody reads while more changes than the buffer holds go by; the
+        // board never waits for the subscriber.
+        for _ in 0..CHANGE_BUFFER + 10 {
+            board.created(record("m"));
+        }
+        let first = stream.next().await.expect("an update");
+        assert_eq!(first.kind, InstanceChangeKind::Resync);
+        assert_eq!(first.missed, Some(10));
+        let next = stream.next().await.expect("an update");
+        assert_eq!(next.kind, InstanceChangeKind::Created);
+    }
+
+    #[tokio::test]
+    async fn filters_match_before_or_after_a_change() {
+        let board = InstanceBoard::default();
+        let filter = InstanceFilter {
+            model_ids: Some(vec!["watched".to_owned()]),
+            statuses: Some(vec![InstanceStatus::Busy]),
+            ..Default::default()
+        };
+        let stream = updates(board.subscribe(), filter);
+        futures_util::pin_mut!(stream);
+        let other = record("other");
+        let watched = record("watched");
+        let id = watched.id;
+        board.created(other.clone());
+        board.created(watched);
+        board.update(other.id, ChangeKind::Status, |r| {
+            r.status = entity::InstanceStatus::Busy
+        });
+        board.update(id, ChangeKind::Status, |r| {
+            r.status = entity::InstanceStatus::Ready
+        });
+        board.update(id, ChangeKind::Assigned, |r| {
+            r.status = entity::InstanceStatus::Busy
+        });
+        board.update(id, ChangeKind::Status, |r| {
+            r.status = entity::InstanceStatus::Ready
+        });
+        let a = stream.next().await.expect("update");
+        let b = stream.next().await.expect("update");
+        assert_eq!(a.kind, InstanceChangeKind::Assigned);
+        assert_eq!(b.kind, InstanceChangeKind::Status);
+        assert!(a.instance.is_some_and(|i| i.0.id == id));
+        assert!(
+            b.instance
+                .is_some_and(|i| i.0.status == entity::InstanceStatus::Ready)
+        );
     }
 }
