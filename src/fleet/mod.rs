@@ -787,23 +787,7 @@ impl Fleet {
         reason: &str,
     ) -> Result<(), DbErr> {
         if attempts < MAX_ATTEMPTS {
-            let done = work_request::Entity::update_many()
-                .col_expr(
-                    work_request::Column::Status,
-                    Expr::value(RequestStatus::Queued),
-                )
-                .col_expr(
-                    work_request::Column::InstanceId,
-                    Expr::value(Option::<Uuid>::None),
-                )
-                .col_expr(
-                    work_request::Column::JobStartedAt,
-                    Expr::value(Option::<DateTime<Utc>>::None),
-                )
-                .col_expr(
-                    work_request::Column::QueueMs,
-                    Expr::value(Option::<i64>::None),
-                )
+            let done = back_to_queue()
                 .filter(work_request::Column::Id.eq(id))
                 .filter(work_request::Column::Status.eq(RequestStatus::Running))
                 .apply_if(instance, |q, v| {
@@ -1245,25 +1229,17 @@ impl Fleet {
             )
         };
         for (request, instance) in running {
-            let _ = work_request::Entity::update_many()
-                .col_expr(
-                    work_request::Column::Status,
-                    Expr::value(RequestStatus::Queued),
-                )
-                .col_expr(
-                    work_request::Column::InstanceId,
-                    Expr::value(Option::<Uuid>::None),
-                )
-                .col_expr(
-                    work_request::Column::JobStartedAt,
-                    Expr::value(Option::<DateTime<Utc>>::None),
-                )
+            // Not the job's fault: its attempt is given back.
+            let requeued = back_to_queue()
                 .col_expr(work_request::Column::Attempts, attempts_plus(-1))
                 .filter(work_request::Column::Id.eq(request))
                 .filter(work_request::Column::Status.eq(RequestStatus::Running))
                 .filter(work_request::Column::InstanceId.eq(instance))
                 .exec(&self.db)
                 .await;
+            if let Err(e) = requeued {
+                tracing::error!(request_id = %request, error = %e, "cannot put a running request back in the queue");
+            }
         }
         let stops = ids.into_iter().map(|id| {
             let fleet = self.clone();
@@ -1283,6 +1259,28 @@ impl Fleet {
         }
         tracing::info!("all instances stopped");
     }
+}
+
+/// An update that puts a request back in the queue, as if never
+/// dispatched; callers add their filters.
+fn back_to_queue() -> sea_orm::UpdateMany<work_request::Entity> {
+    work_request::Entity::update_many()
+        .col_expr(
+            work_request::Column::Status,
+            Expr::value(RequestStatus::Queued),
+        )
+        .col_expr(
+            work_request::Column::InstanceId,
+            Expr::value(Option::<Uuid>::None),
+        )
+        .col_expr(
+            work_request::Column::JobStartedAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(
+            work_request::Column::QueueMs,
+            Expr::value(Option::<i64>::None),
+        )
 }
 
 /// `attempts + n`, in SQL.
