@@ -179,9 +179,11 @@ fn auth_error(e: ApiError) -> Response {
         ApiError::Internal => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::UNAUTHORIZED,
     };
-    let body = async_graphql::Response::from_errors(vec![
-        e.extend().into_server_error(Default::default()),
-    ]);
+    // Built by hand: this error belongs to no place in the document, so it
+    // carries no `locations`.
+    let mut error = async_graphql::ServerError::new(e.message(), None);
+    error.extensions = e.extend().extensions;
+    let body = async_graphql::Response::from_errors(vec![error]);
     let mut response = (status, axum::Json(body)).into_response();
     if status == StatusCode::UNAUTHORIZED {
         response

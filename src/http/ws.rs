@@ -178,7 +178,8 @@ async fn serve(state: AppState, socket: WebSocket, protocol: WebSocketProtocols,
                     let _ = sink.send(close_frame(code, &reason)).await;
                     break None;
                 }
-                None => break None,
+                // The client closed (or the stream ended): answer its close.
+                None => break Some((1000, "")),
             },
             Ok(()) = init_rx.changed(), if !initialised => {
                 if let Some(accepted) = init_rx.borrow_and_update().clone() {
@@ -221,6 +222,9 @@ async fn serve(state: AppState, socket: WebSocket, protocol: WebSocketProtocols,
         tracing::debug!(code, reason, "closing websocket");
         let _ = sink.send(close_frame(code, reason)).await;
     }
+    // Completes the closing handshake: after a client's close, this flushes
+    // the reply the WebSocket layer queued for it.
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
 }
 
 /// Looks the connection's session up again. A session that ended or

@@ -71,11 +71,28 @@ impl ModelRegistry {
         Ok(())
     }
 
-    /// Applies the configured models at start-up.
+    /// Applies the configured models at start-up. Models an earlier
+    /// configuration brought that this one no longer names are disabled
+    /// (not deleted: their requests keep their history).
     pub async fn apply_config(&self, specs: &[ModelSpec]) -> Result<(), DbErr> {
         for spec in specs {
             self.upsert(spec, "config").await?;
             tracing::info!(model_id = %spec.id, enabled = spec.enabled, "model applied from configuration");
+        }
+        let named: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+        let gone = model::Entity::update_many()
+            .col_expr(model::Column::Enabled, false.into())
+            .col_expr(model::Column::UpdatedAt, Utc::now().into())
+            .filter(model::Column::Source.eq("config"))
+            .filter(model::Column::Enabled.eq(true))
+            .filter(model::Column::Id.is_not_in(named))
+            .exec(&self.db)
+            .await?;
+        if gone.rows_affected > 0 {
+            tracing::info!(
+                models_disabled = gone.rows_affected,
+                "models no longer in the configuration disabled"
+            );
         }
         Ok(())
     }

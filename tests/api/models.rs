@@ -59,6 +59,26 @@ db_test!(models_are_listed_and_managed_by_admins, db => {
     assert_eq!(code(&body), "NOT_FOUND");
 });
 
+db_test!(models_dropped_from_the_configuration_are_disabled, db => {
+    let (test_db, url) = crate::support::TestDb::create(db).await;
+    let first = TestApp::spawn_over(crate::support::test_config(&url)).await;
+    let body = first.gql("{ models { id } }", json!({})).await;
+    assert_eq!(body["data"]["models"], json!([{ "id": "iris" }, { "id": "sleepy" }]));
+    first.stop().await;
+    let mut config = crate::support::test_config(&url);
+    config.models = vec![sleepy("mine", |_| {})];
+    let second = TestApp::spawn_over(config).await;
+    let body = second.gql("{ models { id } all: models(includeDisabled: true) { id enabled } }", json!({})).await;
+    assert_eq!(body["data"]["models"], json!([{ "id": "mine" }]), "{body}");
+    let all = body["data"]["all"].as_array().expect("all");
+    assert_eq!(all.len(), 3, "kept, not deleted: {body}");
+    let token = second.anonymous().await;
+    let refused = second.gql_as(&token, crate::support::SUBMIT, json!({ "input": { "modelId": "iris", "input": {} } })).await;
+    assert_eq!(code(&refused), "BAD_USER_INPUT");
+    second.stop().await;
+    drop(test_db);
+});
+
 db_test!(configured_models_replace_the_examples, db => {
     let app = TestApp::spawn_with(db, |c| c.models = vec![sleepy("only", |_| {})]).await;
     let body = app.gql("{ models { id } model(id: \"only\") { name } }", json!({})).await;

@@ -34,6 +34,7 @@ db_test!(bad_tokens_are_unauthenticated, db => {
         let (status, body) = app.post(Some(token), ME, json!({})).await;
         assert_eq!(status, 401, "{token}: {body}");
         assert_eq!(code(&body), "UNAUTHENTICATED", "{token}");
+        assert!(body["errors"][0]["locations"].is_null(), "no place in the document: {body}");
     }
     // Not a bearer scheme at all.
     let resp = app

@@ -153,8 +153,9 @@ pub struct TestApp {
     pub db_url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
-    // Dropped last: the server is stopped first.
-    _db: TestDb,
+    // Dropped last: the server is stopped first. `None` when the database
+    // belongs to the test.
+    _db: Option<TestDb>,
 }
 
 /// A configuration fit for tests: port 0, generous rate limits.
@@ -183,6 +184,13 @@ impl TestApp {
 
     /// Serves `config` over a database made beforehand.
     pub async fn spawn_on(config: Config, test_db: TestDb) -> TestApp {
+        let mut app = Self::spawn_over(config).await;
+        app._db = Some(test_db);
+        app
+    }
+
+    /// Serves `config` over a database that the test keeps.
+    pub async fn spawn_over(config: Config) -> TestApp {
         let url = config.database.url.clone();
         let app = Application::build(config).await.expect("server builds");
         let fleet = app.state().fleet.clone();
@@ -213,7 +221,7 @@ impl TestApp {
             db_url: url,
             stop: Some(stop),
             server: Some(server),
-            _db: test_db,
+            _db: None,
         }
     }
 
@@ -389,6 +397,19 @@ impl Ws {
                 Some(Err(_)) | None => return Frame::Closed(None, String::new()),
             }
         }
+    }
+
+    /// Closes from the client's side.
+    pub async fn close(&mut self) {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        self.inner
+            .send(Message::Close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "bye".into(),
+            })))
+            .await
+            .expect("ws close");
     }
 
     /// Round-trips a ping: every message sent before it has been handled

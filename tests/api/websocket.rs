@@ -153,3 +153,15 @@ db_test!(websocket_messages_are_size_limited, db => {
         Frame::Json(v) => panic!("an oversized message was served: {v}"),
     }
 });
+
+db_test!(a_client_close_is_answered, db => {
+    let app = TestApp::spawn(db).await;
+    let (mut ws, _) = app.websocket("graphql-transport-ws").await;
+    ws.send(json!({ "type": "connection_init", "payload": {} })).await;
+    assert_eq!(ws.next_json().await["type"], "connection_ack");
+    ws.close().await;
+    match ws.next().await {
+        Frame::Closed(code, _) => assert_eq!(code, Some(1000), "the server did not answer the close"),
+        Frame::Json(v) => panic!("expected a close, got {v}"),
+    }
+});
