@@ -934,26 +934,22 @@ impl Fleet {
         match self.backend.start(&model, id).await {
             Ok(started) => {
                 let now = Utc::now();
-                let stopping = {
+                let starting = {
                     let mut state = self.lock();
                     state.start_failures.remove(&model.id);
-                    match state.instances.get_mut(&id) {
-                        Some(live) if live.status == InstanceStatus::Starting => {
-                            live.status = InstanceStatus::Ready;
-                            live.endpoint = Some(started.endpoint.clone());
-                            live.idle_since = tokio::time::Instant::now();
-                            live.exited = Some(started.exited.clone());
-                            false
-                        }
-                        _ => true,
-                    }
+                    state
+                        .instances
+                        .get(&id)
+                        .is_some_and(|l| l.status == InstanceStatus::Starting)
                 };
-                if stopping {
+                if !starting {
                     self.backend.stop(id).await;
                     return;
                 }
+                // Recorded before the scaler can see it ready, so that a first
+                // assignment's write always lands after this one.
                 let detail = serde_json::json!({ "pid": started.handle });
-                let _ = instance::Entity::update_many()
+                let written = instance::Entity::update_many()
                     .col_expr(instance::Column::Status, Expr::value(InstanceStatus::Ready))
                     .col_expr(
                         instance::Column::Handle,
@@ -966,13 +962,34 @@ impl Fleet {
                     .filter(instance::Column::Id.eq(id))
                     .exec(&self.db)
                     .await;
-                self.board.update(id, ChangeKind::Status, |r| {
-                    r.status = InstanceStatus::Ready;
-                    r.handle = Some(started.handle.clone());
-                    r.node = started.node.clone();
-                    r.ready_at = Some(now);
-                    r.status_detail = Some(detail);
-                });
+                if let Err(e) = written {
+                    tracing::warn!(instance_id = %id, error = %e, "cannot record instance ready");
+                }
+                let ready = {
+                    let mut state = self.lock();
+                    match state.instances.get_mut(&id) {
+                        Some(live) if live.status == InstanceStatus::Starting => {
+                            live.status = InstanceStatus::Ready;
+                            live.endpoint = Some(started.endpoint.clone());
+                            live.idle_since = tokio::time::Instant::now();
+                            live.exited = Some(started.exited.clone());
+                            self.board.update(id, ChangeKind::Status, |r| {
+                                r.status = InstanceStatus::Ready;
+                                r.handle = Some(started.handle.clone());
+                                r.node = started.node.clone();
+                                r.ready_at = Some(now);
+                                r.status_detail = Some(detail);
+                            });
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if !ready {
+                    // Stopped while its readiness was being recorded.
+                    self.backend.stop(id).await;
+                    return;
+                }
                 self.events
                     .record(
                         id,
