@@ -77,33 +77,17 @@ async fn main() {
         "sqlite://{}?mode=rwc",
         dir.path().join("bench.db").display()
     );
-    let sleepy = modelfleet::models::examples_dir().join("sleepy");
+    let mut model = modelfleet::models::example_models()
+        .into_iter()
+        .find(|m| m.id == "sleepy")
+        .expect("the sleepy example");
+    model.id = "bench".to_owned();
+    model.min_instances = 2;
+    model.max_instances = 2;
+    let models = modelfleet::config::models_toml(&[model]).expect("toml");
     let config = dir.path().join("modelfleet.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[log]
-level = "warn"
-[auth]
-rate_limit_per_minute = 100000
-rate_limit_burst = 100000
-[[models]]
-id = "bench"
-min_instances = 2
-max_instances = 2
-[models.local]
-command = ["sh", "-c", "PATH=\"$PWD/.venv/bin:$PATH\" exec python -m cog.server.http --host 127.0.0.1"]
-workdir = "{workdir}"
-env = {{ COG_PREDICT_TYPE_STUB = "predict.py:Predictor" }}
-[models.local.setup]
-command = ["sh", "-c", "rm -rf .venv && python3 -m venv .venv && .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt"]
-inputs = ["requirements.txt"]
-"#,
-            workdir = sleepy.display()
-        ),
-    )
-    .expect("config");
+    let settings = "[log]\nlevel = \"warn\"\n[auth]\nrate_limit_per_minute = 100000\nrate_limit_burst = 100000\n";
+    std::fs::write(&config, format!("{settings}{models}")).expect("config");
     let config = config.to_str().expect("utf-8").to_owned();
 
     let mut create = Command::new(BIN)

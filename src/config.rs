@@ -30,6 +30,17 @@ struct ModelsFile {
     models: Vec<ModelConfig>,
 }
 
+/// `models` written as a `[[models]]` TOML document, as a configuration file
+/// or a `models.toml` holds them (tests and benchmarks write configuration
+/// files with it).
+pub fn models_toml(models: &[ModelConfig]) -> Result<String, toml::ser::Error> {
+    #[derive(Serialize)]
+    struct Models<'a> {
+        models: &'a [ModelConfig],
+    }
+    toml::to_string(&Models { models })
+}
+
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "modelfleet.toml";
 
@@ -548,6 +559,21 @@ mod tests {
             .map(|m| m.id)
             .collect();
         assert_eq!(ids, ["iris", "sleepy"]);
+    }
+
+    #[test]
+    fn written_models_read_back_the_same() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.toml");
+        let examples = crate::models::example_models();
+        std::fs::write(&path, models_toml(&examples).expect("toml")).expect("write");
+        let config = Config::load_from(Some(&path), env(&[])).expect("load");
+        let read: Vec<_> = config.model_specs().expect("valid");
+        let want: Vec<_> = examples
+            .into_iter()
+            .map(|m| m.validate(dir.path()).expect("valid"))
+            .collect();
+        assert_eq!(read, want);
     }
 
     #[test]

@@ -787,12 +787,7 @@ impl Fleet {
         reason: &str,
     ) -> Result<(), DbErr> {
         if attempts < MAX_ATTEMPTS {
-            let done = back_to_queue()
-                .filter(work_request::Column::Id.eq(id))
-                .filter(work_request::Column::Status.eq(RequestStatus::Running))
-                .apply_if(instance, |q, v| {
-                    q.filter(work_request::Column::InstanceId.eq(v))
-                })
+            let done = still_running(back_to_queue(), id, instance)
                 .exec(&self.db)
                 .await?;
             if done.rows_affected == 0 {
@@ -807,21 +802,15 @@ impl Fleet {
                 .as_ref()
                 .map(|r| (now - r.created_at).num_milliseconds().max(0));
             let model = row.map(|r| r.model_id);
-            let done = work_request::Entity::update_many()
+            let failed = work_request::Entity::update_many()
                 .col_expr(
                     work_request::Column::Status,
                     Expr::value(RequestStatus::Failed),
                 )
                 .col_expr(work_request::Column::Error, Expr::value(reason.to_owned()))
                 .col_expr(work_request::Column::CompletedAt, Expr::value(now))
-                .col_expr(work_request::Column::TotalMs, Expr::value(total_ms))
-                .filter(work_request::Column::Id.eq(id))
-                .filter(work_request::Column::Status.eq(RequestStatus::Running))
-                .apply_if(instance, |q, v| {
-                    q.filter(work_request::Column::InstanceId.eq(v))
-                })
-                .exec(&self.db)
-                .await?;
+                .col_expr(work_request::Column::TotalMs, Expr::value(total_ms));
+            let done = still_running(failed, id, instance).exec(&self.db).await?;
             if done.rows_affected == 0 {
                 return Ok(());
             }
@@ -1298,6 +1287,21 @@ fn back_to_queue() -> sea_orm::UpdateMany<work_request::Entity> {
             work_request::Column::QueueMs,
             Expr::value(Option::<i64>::None),
         )
+}
+
+/// Narrows an update to request `id` while it is still running (on
+/// `instance`, when given).
+fn still_running(
+    update: sea_orm::UpdateMany<work_request::Entity>,
+    id: Uuid,
+    instance: Option<Uuid>,
+) -> sea_orm::UpdateMany<work_request::Entity> {
+    update
+        .filter(work_request::Column::Id.eq(id))
+        .filter(work_request::Column::Status.eq(RequestStatus::Running))
+        .apply_if(instance, |q, v| {
+            q.filter(work_request::Column::InstanceId.eq(v))
+        })
 }
 
 /// `attempts + n`, in SQL.

@@ -249,37 +249,31 @@ pub fn example_models() -> Vec<ModelConfig> {
         }),
     };
     let venv = "rm -rf .venv && python3 -m venv .venv && .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt";
+    let example = |id: &str, name: &str, description: &str| ModelConfig {
+        id: id.to_owned(),
+        name: Some(name.to_owned()),
+        description: description.to_owned(),
+        protocol: Protocol::Cog,
+        enabled: true,
+        min_instances: 0,
+        max_instances: 2,
+        idle_timeout_secs: 300,
+        request_timeout_secs: 60,
+        max_input_bytes: 4096,
+        local: Some(cog(id, venv)),
+        kubernetes: None,
+    };
     vec![
-        ModelConfig {
-            id: "iris".to_owned(),
-            name: Some("Iris classifier".to_owned()),
-            description: "Classifies an iris flower from its sepal and petal sizes (cm): scikit-learn, packaged with Cog."
-                .to_owned(),
-            protocol: Protocol::Cog,
-            enabled: true,
-            min_instances: 0,
-            max_instances: 2,
-            idle_timeout_secs: 300,
-            request_timeout_secs: 60,
-            max_input_bytes: 4096,
-            local: Some(cog("iris", venv)),
-            kubernetes: None,
-        },
-        ModelConfig {
-            id: "sleepy".to_owned(),
-            name: Some("Sleepy".to_owned()),
-            description: "A test model: waits `seconds`, echoes `message`, fails on `fail`, exits on `crash`."
-                .to_owned(),
-            protocol: Protocol::Cog,
-            enabled: true,
-            min_instances: 0,
-            max_instances: 2,
-            idle_timeout_secs: 300,
-            request_timeout_secs: 60,
-            max_input_bytes: 4096,
-            local: Some(cog("sleepy", venv)),
-            kubernetes: None,
-        },
+        example(
+            "iris",
+            "Iris classifier",
+            "Classifies an iris flower from its sepal and petal sizes (cm): scikit-learn, packaged with Cog.",
+        ),
+        example(
+            "sleepy",
+            "Sleepy",
+            "A test model: waits `seconds`, echoes `message`, fails on `fail`, kills its instance on `crash`.",
+        ),
     ]
 }
 

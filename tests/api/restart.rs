@@ -14,26 +14,12 @@ use crate::support::{TestDb, token_of};
 const BIN: &str = env!("CARGO_BIN_EXE_modelfleet");
 
 fn config(dir: &std::path::Path) -> std::path::PathBuf {
-    let sleepy = modelfleet::models::examples_dir().join("sleepy");
-    let text = format!(
-        r#"
-[[models]]
-id = "durable"
-max_instances = 2
-request_timeout_secs = 120
-
-[models.local]
-command = ["sh", "-c", "PATH=\"$PWD/.venv/bin:$PATH\" exec python -m cog.server.http --host 127.0.0.1"]
-workdir = "{workdir}"
-env = {{ COG_PREDICT_TYPE_STUB = "predict.py:Predictor" }}
-
-[models.local.setup]
-command = ["sh", "-c", "rm -rf .venv && python3 -m venv .venv && .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt"]
-inputs = ["requirements.txt"]
-"#,
-        workdir = sleepy.display()
-    );
+    let model = crate::support::sleepy("durable", |m| {
+        m.max_instances = 2;
+        m.request_timeout_secs = 120;
+    });
     let path = dir.join("modelfleet.toml");
+    let text = modelfleet::config::models_toml(&[model]).expect("toml");
     std::fs::write(&path, text).expect("write config");
     path
 }
