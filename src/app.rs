@@ -22,6 +22,8 @@ use crate::graphql::{self, AppSchema, EventsLoader, ModelLoader};
 use crate::metrics::Metrics;
 use crate::models::ModelRegistry;
 use crate::requests::RequestService;
+use crate::stats::StatsService;
+use crate::stats::retention::Retention;
 use crate::{db, http};
 
 /// What every handler can reach. Cheap to clone.
@@ -32,6 +34,8 @@ pub struct AppState {
     pub auth: AuthService,
     pub models: ModelRegistry,
     pub requests: RequestService,
+    pub stats: StatsService,
+    pub retention: Retention,
     pub fleet: Arc<Fleet>,
     pub board: Arc<InstanceBoard>,
     pub metrics: Arc<Metrics>,
@@ -84,12 +88,15 @@ impl Application {
             metrics.clone(),
         );
         let requests = RequestService::new(db.clone(), models.clone(), fleet.clone());
+        let stats = StatsService::new(db.clone());
+        let retention = Retention::new(db.clone(), config.retention.clone());
         let config = Arc::new(config);
         let schema = graphql::builder(&config.graphql)
             .data(auth.clone())
             .data(db.clone())
             .data(models.clone())
             .data(requests.clone())
+            .data(stats.clone())
             .data(config.clone())
             .data(board.clone())
             .data(fleet.clone())
@@ -103,6 +110,8 @@ impl Application {
             auth,
             models,
             requests,
+            stats,
+            retention,
             fleet,
             board,
             metrics,
@@ -141,6 +150,7 @@ impl Application {
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
         let addr = listener.local_addr()?;
         let housekeeping = tokio::spawn(housekeeping(state.clone()));
+        let retention = tokio::spawn(state.retention.clone().run(state.shutdown.clone()));
         let scaler = tokio::spawn(
             state
                 .fleet
@@ -175,6 +185,7 @@ impl Application {
             Err(_) => Ok(()),
         };
         housekeeping.abort();
+        retention.abort();
         // The scaler stops its instances and re-queues their jobs.
         if tokio::time::timeout(grace + Duration::from_secs(15), scaler)
             .await

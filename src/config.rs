@@ -61,6 +61,7 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub graphql: GraphqlConfig,
+    pub retention: RetentionConfig,
     /// `[[models]]`: the models to serve (see [`crate::models::ModelConfig`]);
     /// more may come from a `models.toml` beside the configuration file.
     /// With none anywhere, the example models are served.
@@ -240,6 +241,35 @@ impl Default for GraphqlConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// `retention.requests_days`: finished requests older than this are
+    /// folded into the stats rollup and deleted, input and output with them.
+    /// `0` keeps them forever. Default 7.
+    pub requests_days: u32,
+    /// `retention.instance_history_days`: stopped and failed instances, and
+    /// their events, are deleted this long after they ended. `0` keeps them
+    /// forever. Default 7.
+    pub instance_history_days: u32,
+    /// `retention.interval_secs`: how often the purge runs. Default 3600.
+    pub interval_secs: u64,
+    /// `retention.batch_size`: rows deleted per transaction, so no lock is
+    /// held for long. Default 1000.
+    pub batch_size: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            requests_days: 7,
+            instance_history_days: 7,
+            interval_secs: 3600,
+            batch_size: 1000,
+        }
+    }
+}
+
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -371,6 +401,16 @@ impl Config {
                     "must be 1-63 characters: lower-case letters, digits and `_`, not starting with a digit",
                 );
             }
+        }
+        let retention = &self.retention;
+        if !(60..=7 * 24 * 3600).contains(&retention.interval_secs) {
+            return rule(
+                "retention.interval_secs",
+                "must be between 60 and 604800 (a week)",
+            );
+        }
+        if !(1..=100_000).contains(&retention.batch_size) {
+            return rule("retention.batch_size", "must be between 1 and 100000");
         }
         if db.max_connections == 0 {
             return rule("database.max_connections", "must be at least 1");

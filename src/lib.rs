@@ -23,4 +23,5 @@ pub mod http;
 pub mod metrics;
 pub mod models;
 pub mod requests;
+pub mod stats;
 pub mod telemetry;

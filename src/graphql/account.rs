@@ -32,6 +32,15 @@ impl From<entity::AuthType> for AuthType {
     }
 }
 
+impl From<AuthType> for entity::AuthType {
+    fn from(t: AuthType) -> Self {
+        match t {
+            AuthType::Anon => entity::AuthType::Anon,
+            AuthType::User => entity::AuthType::User,
+        }
+    }
+}
+
 /// The caller, as its session sees it.
 #[derive(SimpleObject, Debug, Clone)]
 pub struct Viewer {

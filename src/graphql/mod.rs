@@ -11,6 +11,7 @@ mod instances;
 mod models;
 mod pagination;
 mod requests;
+mod stats;
 mod users;
 
 use std::net::IpAddr;
@@ -29,6 +30,7 @@ pub struct Query(
     instances::InstancesQuery,
     models::ModelsQuery,
     requests::RequestsQuery,
+    stats::StatsQuery,
     users::UsersQuery,
 );
 

@@ -15,4 +15,5 @@ mod postgres_schema;
 mod requests;
 mod restart;
 mod sessions;
+mod stats;
 mod websocket;

@@ -376,9 +376,11 @@ impl Ws {
     pub async fn next(&mut self) -> Frame {
         loop {
             let message =
-                tokio::time::timeout(std::time::Duration::from_secs(10), self.inner.next())
+                // Generous: an instance starting on a loaded machine can be
+                // silent for a while.
+                tokio::time::timeout(std::time::Duration::from_secs(30), self.inner.next())
                     .await
-                    .expect("a websocket frame within 10 s");
+                    .expect("a websocket frame within 30 s");
             match message {
                 Some(Ok(Message::Text(t))) => {
                     let value: Value = serde_json::from_str(t.as_str()).expect("JSON frame");
