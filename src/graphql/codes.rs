@@ -51,10 +51,24 @@ fn add_codes(errors: &mut [ServerError]) {
             // is one this code base did not map, so it is not the caller's.
             let code = if error.path.is_empty() {
                 "GRAPHQL_VALIDATION_FAILED"
+            } else if is_input_coercion(&error.message) {
+                "BAD_USER_INPUT"
             } else {
                 "INTERNAL"
             };
             extensions.set("code", code);
         }
     }
+}
+
+/// Whether async-graphql refused an argument's value while resolving (a
+/// variable that is null or of the wrong shape): the caller's mistake.
+fn is_input_coercion(message: &str) -> bool {
+    [
+        "Expected input type",
+        "Failed to parse",
+        "Invalid value for argument",
+    ]
+    .iter()
+    .any(|prefix| message.starts_with(prefix))
 }

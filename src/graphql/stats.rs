@@ -300,8 +300,9 @@ impl StatsQuery {
         &self,
         ctx: &Context<'_>,
         filter: Option<StatsFilter>,
-        #[graphql(default = 500)] limit: i32,
+        limit: Option<i32>,
     ) -> Result<StatsFilterOptions> {
+        let limit = limit.unwrap_or(500);
         if !(1..=5000).contains(&limit) {
             return Err(ApiError::field("limit", "must be between 1 and 5000").into());
         }

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use async_graphql::ErrorExtensions;
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use async_graphql_axum::GraphQLResponse;
 use axum::body::Bytes;
@@ -14,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{client_ip, ws};
+use super::{api_error, client_ip, ws};
 use crate::app::AppState;
 use crate::auth::Session;
 use crate::error::ApiError;
@@ -166,31 +165,12 @@ async fn execute(
                     .data::<Arc<Session>>(session)
                     .data(BearerToken(token));
             }
-            Err(e) => return auth_error(e),
+            // A token that does not resolve refuses the whole request, so
+            // a client learns at once that it must sign in again.
+            Err(e) => return api_error(e),
         }
     }
     GraphQLResponse::from(state.schema.execute(request).await).into_response()
-}
-
-/// A token that does not resolve refuses the whole request, so a client
-/// learns at once that it must sign in again.
-fn auth_error(e: ApiError) -> Response {
-    let status = match e {
-        ApiError::Internal => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::UNAUTHORIZED,
-    };
-    // Built by hand: this error belongs to no place in the document, so it
-    // carries no `locations`.
-    let mut error = async_graphql::ServerError::new(e.message(), None);
-    error.extensions = e.extend().extensions;
-    let body = async_graphql::Response::from_errors(vec![error]);
-    let mut response = (status, axum::Json(body)).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    response
 }
 
 /// An error outside GraphQL execution, in the GraphQL response shape.

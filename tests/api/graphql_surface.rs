@@ -97,6 +97,11 @@ db_test!(depth_complexity_and_body_size_are_limited, db => {
     assert_eq!(code(&wide), "GRAPHQL_VALIDATION_FAILED");
     let broken = app.gql("{ me { id ", json!({})).await;
     assert_eq!(code(&broken), "GRAPHQL_VALIDATION_FAILED", "{broken}");
+    // A nullable variable left out where the argument needs a value is
+    // refused while resolving: still the caller's mistake.
+    let token = app.anonymous().await;
+    let missing = app.gql_as(&token, "query($id: ID) { request(id: $id) { id } }", json!({})).await;
+    assert_eq!(code(&missing), "BAD_USER_INPUT", "{missing}");
 
     // Up to the configured size (past axum's own 2 MiB default) is served;
     // beyond it is refused in the GraphQL error shape.

@@ -14,6 +14,8 @@ mod permissions;
 mod postgres_schema;
 mod requests;
 mod restart;
+mod retention;
 mod sessions;
 mod stats;
+mod stats_export;
 mod websocket;
