@@ -617,6 +617,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_lists_valid_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/modelfleet.toml");
+        let config = Config::load_from(Some(&path), env(&[])).expect("the example loads");
+        assert_eq!(config.retention.requests_days, 7);
+        assert_eq!(config.retention.interval_secs, 3600);
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("m.toml");
@@ -651,6 +659,11 @@ mod tests {
                 "models[0].id",
             ),
             ("[graphql]\nmax_depth = 0\n", "graphql.max_depth"),
+            (
+                "[retention]\ninterval_secs = 5\n",
+                "retention.interval_secs",
+            ),
+            ("[retention]\nbatch_size = 0\n", "retention.batch_size"),
         ];
         for (text, key) in cases {
             std::fs::write(&path, text).expect("write");
