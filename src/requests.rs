@@ -1,13 +1,14 @@
-//! Work requests: submitting, cancelling and reading one's own.
+//! Work requests: submitting, cancelling and reading one's own, and for
+//! administrators a summary of everyone's.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use entity::{RequestStatus, work_request};
+use entity::{AuthType, RequestStatus, work_request};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr,
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DerivePartialModel, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -32,6 +33,57 @@ pub struct Submission {
 pub struct RequestFilter {
     pub model_id: Option<String>,
     pub status: Option<RequestStatus>,
+}
+
+/// Narrows the admin listing of every request. Every part that is set
+/// narrows, except that `user_id` and `session_id` together select the
+/// requests of either.
+#[derive(Debug, Clone, Default)]
+pub struct AllRequestsFilter {
+    /// `USER` requests of this user.
+    pub user_id: Option<Uuid>,
+    /// `ANON` requests of this anonymous session.
+    pub session_id: Option<Uuid>,
+    pub model_id: Option<String>,
+    pub status: Option<RequestStatus>,
+    pub auth_type: Option<AuthType>,
+    /// Created at or after this instant.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Created before this instant.
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+/// A request without its input, output, error or logs: only the columns the
+/// admin listing shows are read, since input and output can be large.
+#[derive(Debug, Clone, PartialEq, DerivePartialModel)]
+#[sea_orm(entity = "work_request::Entity")]
+pub struct RequestSummaryRow {
+    pub id: Uuid,
+    pub model_id: String,
+    pub auth_type: AuthType,
+    pub principal_id: Uuid,
+    pub session_id: Uuid,
+    pub status: RequestStatus,
+    pub attempts: i32,
+    pub instance_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub job_started_at: Option<DateTime<Utc>>,
+    pub job_finished_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub queue_ms: Option<i64>,
+    pub job_ms: Option<i64>,
+    pub total_ms: Option<i64>,
+}
+
+/// Rows after the `(created_at, id)` cursor, in the newest-first order.
+fn older_than((at, id): (DateTime<Utc>, Uuid)) -> Condition {
+    Condition::any()
+        .add(work_request::Column::CreatedAt.lt(at))
+        .add(
+            Condition::all()
+                .add(work_request::Column::CreatedAt.eq(at))
+                .add(work_request::Column::Id.lt(id)),
+        )
 }
 
 #[derive(Clone)]
@@ -251,17 +303,63 @@ impl RequestService {
         if let Some(status) = filter.status {
             query = query.filter(work_request::Column::Status.eq(status));
         }
-        if let Some((at, id)) = after {
-            query = query.filter(
-                Condition::any()
-                    .add(work_request::Column::CreatedAt.lt(at))
-                    .add(
-                        Condition::all()
-                            .add(work_request::Column::CreatedAt.eq(at))
-                            .add(work_request::Column::Id.lt(id)),
-                    ),
-            );
+        if let Some(cursor) = after {
+            query = query.filter(older_than(cursor));
         }
         Ok(query.all(&self.db).await?)
+    }
+
+    /// Everyone's requests, newest first, after the `(created_at, id)`
+    /// cursor; `limit` rows at most. For administrators: callers check the
+    /// permission.
+    pub async fn list_all(
+        &self,
+        filter: &AllRequestsFilter,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: u64,
+    ) -> Result<Vec<RequestSummaryRow>, ApiError> {
+        use work_request::Column as C;
+        let principal = |auth: AuthType, id: Uuid| {
+            Condition::all()
+                .add(C::AuthType.eq(auth))
+                .add(C::PrincipalId.eq(id))
+        };
+        let mut owners = Condition::any();
+        if let Some(user) = filter.user_id {
+            owners = owners.add(principal(AuthType::User, user));
+        }
+        if let Some(session) = filter.session_id {
+            owners = owners.add(principal(AuthType::Anon, session));
+        }
+        let mut query = work_request::Entity::find()
+            .order_by_desc(C::CreatedAt)
+            .order_by_desc(C::Id)
+            .limit(limit);
+        // An empty `any` is false in SQL; no principal asked means all.
+        if !owners.is_empty() {
+            query = query.filter(owners);
+        }
+        if let Some(model) = &filter.model_id {
+            query = query.filter(C::ModelId.eq(model.as_str()));
+        }
+        if let Some(status) = filter.status {
+            query = query.filter(C::Status.eq(status));
+        }
+        if let Some(auth) = filter.auth_type {
+            query = query.filter(C::AuthType.eq(auth));
+        }
+        if let Some(from) = filter.created_from {
+            query = query.filter(C::CreatedAt.gte(from));
+        }
+        if let Some(before) = filter.created_before {
+            query = query.filter(C::CreatedAt.lt(before));
+        }
+        if let Some(cursor) = after {
+            query = query.filter(older_than(cursor));
+        }
+        Ok(query
+            .into_partial_model::<RequestSummaryRow>()
+            .all(&self.db)
+            .await?)
     }
 }
