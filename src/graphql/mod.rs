@@ -5,6 +5,7 @@
 //! [`ClientAddr`], and the [`BearerToken`] itself.
 
 mod account;
+mod all_requests;
 mod codes;
 mod guard;
 mod instances;
@@ -27,6 +28,7 @@ use crate::config::GraphqlConfig;
 #[derive(MergedObject, Default)]
 pub struct Query(
     account::AccountQuery,
+    all_requests::AllRequestsQuery,
     instances::InstancesQuery,
     models::ModelsQuery,
     requests::RequestsQuery,
