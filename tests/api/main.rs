@@ -5,6 +5,7 @@
 mod support;
 
 mod accounts;
+mod admin_requests;
 mod cli;
 mod database;
 mod graphql_surface;
