@@ -7,7 +7,8 @@
 //! GraphQL (an HTTP POST to the running server, the JSON read whole) next
 //! to the same statement run bare on the same connection pool, and their
 //! ratio. Run with `cargo bench --bench stats`; PostgreSQL is found as the
-//! tests find it (`TEST_POSTGRES_URL`).
+//! tests find it (`TEST_POSTGRES_URL`). `STATS_BENCH_DBS=sqlite` or
+//! `postgres` runs only one of them.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -314,12 +315,19 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
+    // `STATS_BENCH_DBS=sqlite` (or `postgres`) runs one of the two.
+    let only = std::env::var("STATS_BENCH_DBS").unwrap_or_default();
     let dir = tempfile::tempdir().expect("dir");
     let sqlite = format!(
         "sqlite://{}?mode=rwc",
         dir.path().join("bench.db").display()
     );
-    run("sqlite", &sqlite, rows).await;
+    if only.is_empty() || only.contains("sqlite") {
+        run("sqlite", &sqlite, rows).await;
+    }
+    if !(only.is_empty() || only.contains("postgres")) {
+        return;
+    }
 
     let admin = Database::connect(pg_admin_url())
         .await

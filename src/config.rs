@@ -409,8 +409,9 @@ impl Config {
                 "must be between 60 and 604800 (a week)",
             );
         }
-        if !(1..=100_000).contains(&retention.batch_size) {
-            return rule("retention.batch_size", "must be between 1 and 100000");
+        // Each id of a batch is a bound value: SQLite takes at most 32766.
+        if !(1..=10_000).contains(&retention.batch_size) {
+            return rule("retention.batch_size", "must be between 1 and 10000");
         }
         if db.max_connections == 0 {
             return rule("database.max_connections", "must be at least 1");

@@ -88,6 +88,24 @@ impl ApiError {
     }
 }
 
+/// Moves a bad-input error's fields into `errors`, so that several checks
+/// report together; other errors pass through.
+pub fn absorb<T>(
+    errors: &mut FieldErrors,
+    result: Result<T, ApiError>,
+) -> Result<Option<T>, ApiError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(ApiError::BadUserInput(fields)) => {
+            for (field, messages) in fields {
+                errors.entry(field).or_default().extend(messages);
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
         ApiError::internal("database", e)

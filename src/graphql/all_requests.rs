@@ -19,11 +19,9 @@ use super::pagination;
 use super::requests::RequestStatus;
 use super::stats::{Date, period};
 use crate::auth::Permission;
-use crate::error::{ApiError, FieldErrors};
+use crate::error::{ApiError, FieldErrors, absorb};
 use crate::requests::{AllRequestsFilter, RequestService, RequestSummaryRow};
 
-/// A request as administrators see it: who, which model, status and every
-/// timestamp, but none of its data.
 pub struct RequestSummary(pub RequestSummaryRow);
 
 /// A request as administrators see it: who, which model, status and every
@@ -161,21 +159,6 @@ impl RequestsFilter {
             }),
             _ => Err(ApiError::BadUserInput(errors)),
         }
-    }
-}
-
-/// Moves a bad-input error's fields into `errors`, so that several checks
-/// report together; other errors pass through.
-fn absorb<T>(errors: &mut FieldErrors, result: Result<T, ApiError>) -> Result<Option<T>, ApiError> {
-    match result {
-        Ok(value) => Ok(Some(value)),
-        Err(ApiError::BadUserInput(fields)) => {
-            for (field, messages) in fields {
-                errors.entry(field).or_default().extend(messages);
-            }
-            Ok(None)
-        }
-        Err(e) => Err(e),
     }
 }
 

@@ -12,7 +12,7 @@ use super::account::AuthType;
 use super::guard::RequirePermission;
 use super::models::{Model, ModelLoader};
 use crate::auth::Permission;
-use crate::error::{ApiError, FieldErrors};
+use crate::error::{ApiError, FieldErrors, absorb};
 use crate::models::ModelRegistry;
 use crate::stats::{self, Grouping, Period, StatsDimension, StatsService};
 
@@ -97,26 +97,24 @@ impl StatsFilter {
         };
         let user_ids = ids("userIds", self.user_ids);
         let session_ids = ids("sessionIds", self.session_ids);
-        let period = match period(
-            self.from.as_ref(),
-            self.to.as_ref(),
-            self.time_zone.as_deref(),
-        ) {
-            Ok(p) => Some(p),
-            Err(ApiError::BadUserInput(more)) => {
-                errors.extend(more);
-                None
-            }
-            Err(e) => return Err(e),
+        let period = absorb(
+            &mut errors,
+            period(
+                self.from.as_ref(),
+                self.to.as_ref(),
+                self.time_zone.as_deref(),
+            ),
+        )?;
+        let filter = stats::StatsFilter {
+            auth_type: self.auth_type.map(Into::into),
+            user_ids,
+            session_ids,
+            model_ids: self.model_ids.unwrap_or_default(),
+            period: period.clone().unwrap_or_default(),
         };
+        errors.extend(filter.list_errors());
         match period {
-            Some(period) if errors.is_empty() => Ok(stats::StatsFilter {
-                auth_type: self.auth_type.map(Into::into),
-                user_ids,
-                session_ids,
-                model_ids: self.model_ids.unwrap_or_default(),
-                period,
-            }),
+            Some(_) if errors.is_empty() => Ok(filter),
             _ => Err(ApiError::BadUserInput(errors)),
         }
     }
@@ -208,9 +206,10 @@ impl StatsRow {
     async fn queue_time(&self) -> Option<Durations> {
         self.0.queue_time.map(Into::into)
     }
-    /// Median job time of successes. Null on SQLite, which cannot compute
-    /// it, and for groups that include purged requests (see
-    /// `rolledUpCount`), whose single times are gone.
+    /// Median job time of the group's live successes: purged requests
+    /// (`rolledUpCount`) keep no single times, so they are not covered.
+    /// Null on SQLite, which has no percentile function, and when no live
+    /// success is left.
     async fn job_time_p50_ms(&self) -> Option<f64> {
         self.0.job_p50_ms
     }
@@ -219,7 +218,7 @@ impl StatsRow {
         self.0.job_p95_ms
     }
     /// How many of the group's requests are past the retention period and
-    /// counted from the daily rollup.
+    /// counted from the rollup (see `retention.requests_days`).
     async fn rolled_up_count(&self) -> i64 {
         self.0.rolled_up_count
     }
@@ -264,10 +263,7 @@ fn service<'a>(ctx: &Context<'a>) -> &'a StatsService {
 
 /// `MODEL` when not given; each dimension once.
 pub fn grouping(group_by: Option<Vec<StatsDimension>>) -> Grouping {
-    group_by.map_or_else(
-        || Grouping::from([StatsDimension::Model]),
-        |dims| dims.into_iter().collect(),
-    )
+    group_by.map_or_else(stats::default_grouping, |dims| dims.into_iter().collect())
 }
 
 #[derive(Default)]

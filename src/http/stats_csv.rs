@@ -16,8 +16,8 @@ use super::api_error;
 use super::graphql::bearer;
 use crate::app::AppState;
 use crate::auth::Permission;
-use crate::error::{ApiError, FieldErrors};
-use crate::stats::{Grouping, Period, StatsDimension, StatsFilter, StatsRow};
+use crate::error::{ApiError, FieldErrors, absorb};
+use crate::stats::{Grouping, Period, StatsDimension, StatsFilter, StatsRow, default_grouping};
 
 pub async fn download(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
     let session = match bearer(&headers) {
@@ -36,10 +36,16 @@ pub async fn download(State(state): State<AppState>, headers: HeaderMap, uri: Ur
         Err(e) => return api_error(e),
     };
     let file = format!("modelfleet-stats-{}.csv", filter.period.label());
-    let header_row = encode(&header(&grouping));
-    let rows = state
-        .stats
-        .stream(&filter, &grouping)
+    let mut rows = Box::pin(state.stats.stream(&filter, &grouping));
+    // Wait for the query's first answer, so that a failure before any row
+    // still gets an error status. (The error was logged where it arose.)
+    let first = match rows.next().await {
+        Some(Err(e)) => return api_error(e),
+        first => first,
+    };
+    let head = Bytes::from(encode(&header(&grouping)));
+    let rows = futures_util::stream::iter(first)
+        .chain(rows)
         // A few rows per write keeps the body's frames a sensible size.
         .ready_chunks(64)
         .map(move |chunk| {
@@ -47,17 +53,14 @@ pub async fn download(State(state): State<AppState>, headers: HeaderMap, uri: Ur
             for row in chunk {
                 match row {
                     Ok(row) => out.extend(encode(&record(&row, &grouping))),
-                    Err(e) => {
-                        // The status line is gone; ending the body early is
-                        // all that is left to tell the client.
-                        tracing::warn!(code = e.code(), "stats CSV cut short");
-                        return Err(std::io::Error::other("the stats query failed"));
-                    }
+                    // The status line is gone: ending the body early is all
+                    // that is left to tell the client.
+                    Err(_) => return Err(std::io::Error::other("the stats query failed")),
                 }
             }
             Ok(Bytes::from(out))
         });
-    let body = futures_util::stream::once(async move { Ok(Bytes::from(header_row)) }).chain(rows);
+    let body = futures_util::stream::once(async move { Ok(head) }).chain(rows);
     let mut response = (StatusCode::OK, Body::from_stream(body)).into_response();
     let h = response.headers_mut();
     h.insert(
@@ -102,7 +105,7 @@ pub fn parse(query: &str) -> Result<(StatsFilter, Grouping), ApiError> {
             "from" => from = Some(value),
             "to" => to = Some(value),
             "timeZone" => zone = Some(value),
-            "authType" => match value.as_str() {
+            "authType" => match value.to_ascii_uppercase().as_str() {
                 "USER" => filter.auth_type = Some(entity::AuthType::User),
                 "ANON" => filter.auth_type = Some(entity::AuthType::Anon),
                 _ => bad("authType", format!("must be USER or ANON, not {value:?}")),
@@ -119,20 +122,15 @@ pub fn parse(query: &str) -> Result<(StatsFilter, Grouping), ApiError> {
             ),
         }
     }
-    match Period::parse(from.as_deref(), to.as_deref(), zone.as_deref()) {
-        Ok(period) => filter.period = period,
-        Err(ApiError::BadUserInput(more)) => {
-            for (field, messages) in more {
-                errors.entry(field).or_default().extend(messages);
-            }
-        }
-        Err(e) => return Err(e),
+    let period = Period::parse(from.as_deref(), to.as_deref(), zone.as_deref());
+    if let Some(period) = absorb(&mut errors, period)? {
+        filter.period = period;
     }
+    errors.extend(filter.list_errors());
     if !errors.is_empty() {
         return Err(ApiError::BadUserInput(errors));
     }
-    let grouping = grouping.unwrap_or_else(|| Grouping::from([StatsDimension::Model]));
-    Ok((filter, grouping))
+    Ok((filter, grouping.unwrap_or_else(default_grouping)))
 }
 
 const DURATIONS: [&str; 3] = ["jobTime", "totalTime", "queueTime"];
@@ -160,7 +158,7 @@ fn header(grouping: &Grouping) -> Vec<String> {
         .map(str::to_owned),
     );
     for name in DURATIONS {
-        for part in ["TotalMs", "MinMs", "MaxMs", "AvgMs"] {
+        for part in ["TotalMs", "MinMs", "MaxMs", "AvgMs", "Count"] {
             columns.push(format!("{name}{part}"));
         }
     }
@@ -204,9 +202,10 @@ fn record(row: &StatsRow, grouping: &Grouping) -> Vec<String> {
                 d.min_ms.to_string(),
                 d.max_ms.to_string(),
                 d.avg_ms().to_string(),
+                d.count.to_string(),
             ]),
             // Empty cells where there were no successes.
-            None => fields.extend(std::iter::repeat_n(String::new(), 4)),
+            None => fields.extend(std::iter::repeat_n(String::new(), 5)),
         }
     }
     for p in [row.job_p50_ms, row.job_p95_ms] {

@@ -5,9 +5,9 @@
 //! that match it, grouped the same way, summed once more. A request is
 //! either live or rolled up, never both (the purge moves it in one
 //! transaction), so a date range gives the same figures before and after a
-//! purge. Percentiles cannot be merged: a group that includes rolled-up
-//! requests has none, and SQLite has no percentile function, so only
-//! PostgreSQL reports them, and only for live rows.
+//! purge. Percentiles cannot be merged, so they cover a group's live
+//! requests only, and SQLite has no percentile function: only PostgreSQL
+//! reports them.
 
 pub mod period;
 pub mod retention;
@@ -65,6 +65,22 @@ impl StatsDimension {
 /// The dimensions of one query, each once, in a fixed order.
 pub type Grouping = BTreeSet<StatsDimension>;
 
+/// What a query groups by when it does not say: `MODEL`.
+pub fn default_grouping() -> Grouping {
+    Grouping::from([StatsDimension::Model])
+}
+
+/// The most ids a filter may list in one field.
+pub const MAX_LISTED: usize = 1000;
+
+/// Finished request statuses, as SQL.
+pub(crate) const FINISHED: &str = "('SUCCEEDED', 'FAILED', 'CANCELLED')";
+
+/// `column` for successful requests, null for the rest, as SQL.
+pub(crate) fn if_succeeded(column: &str) -> String {
+    format!("CASE WHEN status = 'SUCCEEDED' THEN {column} END")
+}
+
 /// Which requests count. Empty lists do not narrow.
 #[derive(Debug, Clone, Default)]
 pub struct StatsFilter {
@@ -75,6 +91,26 @@ pub struct StatsFilter {
     pub session_ids: Vec<Uuid>,
     pub model_ids: Vec<String>,
     pub period: Period,
+}
+
+impl StatsFilter {
+    /// Lists longer than [`MAX_LISTED`], by field name.
+    pub fn list_errors(&self) -> crate::error::FieldErrors {
+        let mut errors = crate::error::FieldErrors::new();
+        for (field, len) in [
+            ("userIds", self.user_ids.len()),
+            ("sessionIds", self.session_ids.len()),
+            ("modelIds", self.model_ids.len()),
+        ] {
+            if len > MAX_LISTED {
+                errors.insert(
+                    field.to_owned(),
+                    vec![format!("must list at most {MAX_LISTED} ids, not {len}")],
+                );
+            }
+        }
+        errors
+    }
 }
 
 /// Sum, extremes and count of one duration over a group's successes.
@@ -107,6 +143,7 @@ pub struct StatsRow {
     pub job_time: Option<Durations>,
     pub total_time: Option<Durations>,
     pub queue_time: Option<Durations>,
+    /// Over the group's live successes (not the rolled-up ones).
     pub job_p50_ms: Option<f64>,
     pub job_p95_ms: Option<f64>,
     /// How many of the group's requests were purged and are counted from
@@ -341,7 +378,7 @@ fn push_where(sql: &mut Sql, filter: &StatsFilter, source: Source) {
 }
 
 /// The key expressions of one source, each aliased `k_…`.
-fn keys(sql: &Sql, filter: &StatsFilter, grouping: &Grouping, source: Source) -> Vec<String> {
+fn keys(sql: &Sql, offsets: &period::Offsets, grouping: &Grouping, source: Source) -> Vec<String> {
     grouping
         .iter()
         .map(|d| match d {
@@ -353,7 +390,7 @@ fn keys(sql: &Sql, filter: &StatsFilter, grouping: &Grouping, source: Source) ->
                     Source::Live => sql.epoch("created_at"),
                     Source::Rollup => "slot_start".to_owned(),
                 };
-                let offset = filter.period.offsets().sql(&epoch);
+                let offset = offsets.sql(&epoch);
                 format!("({epoch} + {offset}) / 86400 AS k_day")
             }
         })
@@ -369,7 +406,7 @@ fn positions(n: usize) -> String {
 
 /// The figures of one duration column over successes, in a live branch.
 fn live_durations(name: &str, column: &str) -> String {
-    let ok = format!("CASE WHEN status = {SUCCEEDED} THEN {column} END");
+    let ok = if_succeeded(column);
     format!(
         "SUM({ok}) AS {name}_sum, MIN({ok}) AS {name}_min, MAX({ok}) AS {name}_max, \
          COUNT({ok}) AS {name}_n"
@@ -420,7 +457,13 @@ fn stats_statement(
         }
     };
 
-    let mut live: Vec<String> = keys(&sql, filter, grouping, Source::Live);
+    // Only DAY needs the zone's offsets.
+    let offsets = if grouping.contains(&StatsDimension::Day) {
+        filter.period.offsets()
+    } else {
+        period::Offsets(Vec::new())
+    };
+    let mut live: Vec<String> = keys(&sql, &offsets, grouping, Source::Live);
     live.extend([
         "COUNT(*) AS total_count".to_owned(),
         format!("{} AS success_count", count(&format!("= {SUCCEEDED}"))),
@@ -439,7 +482,7 @@ fn stats_statement(
         format!("{} AS job_p95", percentile(0.95)),
     ]);
 
-    let mut rolled: Vec<String> = keys(&sql, filter, grouping, Source::Rollup);
+    let mut rolled: Vec<String> = keys(&sql, &offsets, grouping, Source::Rollup);
     rolled.extend([
         "SUM(total_count) AS total_count".to_owned(),
         "SUM(success_count) AS success_count".to_owned(),
@@ -559,12 +602,7 @@ fn decode(row: &QueryResult, grouping: &Grouping) -> Result<StatsRow, ApiError> 
         None
     };
     let rolled_up_count: i64 = row.try_get("", "rolled")?;
-    // Percentiles of live rows alone would misstate a group that also has
-    // purged ones.
-    let percentile = |name: &str| -> Result<Option<f64>, ApiError> {
-        let value: Option<f64> = row.try_get("", name)?;
-        Ok(value.filter(|_| rolled_up_count == 0))
-    };
+    let percentile = |name: &str| -> Result<Option<f64>, ApiError> { Ok(row.try_get("", name)?) };
     Ok(StatsRow {
         model_id: if has(StatsDimension::Model) {
             Some(row.try_get("", "k_model")?)

@@ -104,14 +104,19 @@ impl Period {
             .map(|d| day_start(self.zone, d))
     }
 
-    /// The zone's UTC offsets over the range (or from 2000 to a year from
-    /// now when it is open).
+    /// The zone's UTC offsets over the range, within 2000 to a year from
+    /// now.
+    /// No data lies outside that span, so a wider range is cut to it.
     pub fn offsets(&self) -> Offsets {
-        let lo = self.start().map_or(EARLIEST, |t| t.timestamp());
+        let latest = (Utc::now() + TimeDelta::days(366)).timestamp();
+        let lo = self
+            .start()
+            .map_or(EARLIEST, |t| t.timestamp())
+            .clamp(EARLIEST, latest);
         let hi = self
             .end()
-            .unwrap_or_else(|| Utc::now() + TimeDelta::days(366))
-            .timestamp();
+            .map_or(latest, |t| t.timestamp())
+            .clamp(lo, latest);
         Offsets::of(self.zone, lo, hi)
     }
 
@@ -286,6 +291,16 @@ mod tests {
         let sql = offsets.sql("e");
         assert!(sql.starts_with("CASE WHEN e < "), "{sql}");
         assert_eq!(Offsets::of(Tz::UTC, lo, hi).sql("e"), "0");
+    }
+
+    #[test]
+    fn offsets_of_a_huge_range_stay_within_the_data() {
+        let p = Period::parse(Some("0001-01-01"), Some("9999-12-31"), Some("Europe/Paris"))
+            .expect("valid");
+        let offsets = p.offsets();
+        // 2000 to a year from now: two changes a year.
+        assert!(offsets.0.len() < 2 * 30 + 2, "{}", offsets.0.len());
+        assert_eq!(offsets.0[0].0, EARLIEST);
     }
 
     #[test]

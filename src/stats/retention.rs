@@ -1,5 +1,5 @@
-//! The retention task: folds finished requests older than
-//! `retention.requests_days` into the stats rollup and deletes them, and
+//! The retention task: folds requests that finished more than
+//! `retention.requests_days` ago into the stats rollup and deletes them, and
 //! deletes finished instances (with their events) older than
 //! `retention.instance_history_days`.
 //!
@@ -33,7 +33,6 @@ pub struct PurgeReport {
 /// A quarter hour, the rollup's slot.
 pub const SLOT_SECS: i64 = 900;
 
-const FINISHED_REQUEST: &str = "('SUCCEEDED', 'FAILED', 'CANCELLED')";
 const FINISHED_INSTANCE: &str = "('STOPPED', 'FAILED')";
 
 #[derive(Clone)]
@@ -107,8 +106,8 @@ impl Retention {
         Ok(report)
     }
 
-    /// Rolls up and deletes up to one batch of requests created before
-    /// `cutoff`, oldest first. Returns how many.
+    /// Rolls up and deletes up to one batch of finished requests created
+    /// before `cutoff`. Returns how many.
     async fn purge_requests(
         &self,
         now: DateTime<Utc>,
@@ -119,11 +118,16 @@ impl Retention {
         claim(&txn, "requests", now).await?;
         let mut select = Sql::new(backend);
         select
-            .push("SELECT id FROM work_requests WHERE created_at < ")
+            // Aged from completion, so a request that waited long still
+            // keeps its output for the whole retention.
+            .push("SELECT id FROM work_requests WHERE (completed_at < ")
             .bind(cutoff)
-            .push(&format!(
-                " AND status IN {FINISHED_REQUEST} ORDER BY created_at, id LIMIT "
-            ))
+            .push(" OR (completed_at IS NULL AND created_at < ")
+            .bind(cutoff)
+            .push("))")
+            // No order: any old finished rows will do, and sorting them for
+            // each batch would cost more than the batch.
+            .push(&format!(" AND status IN {} LIMIT ", super::FINISHED))
             .bind(i64::from(self.config.batch_size));
         let ids = txn
             .query_all_raw(select.build())
@@ -177,7 +181,7 @@ impl Retention {
                 .push("DELETE FROM instances WHERE id IN (")
                 .push(&old)
                 .bind(cutoff)
-                .push(" ORDER BY stopped_at LIMIT ")
+                .push(" LIMIT ")
                 .bind(batch)
                 .push(")");
             instances = txn.execute_raw(delete.build()).await?.rows_affected();
@@ -195,7 +199,14 @@ async fn claim(txn: &DatabaseTransaction, task: &str, now: DateTime<Utc>) -> Res
         .bind(now)
         .push(" WHERE task = ")
         .bind(task);
-    txn.execute_raw(sql.build()).await?;
+    let claimed = txn.execute_raw(sql.build()).await?.rows_affected();
+    if claimed != 1 {
+        // Without the row the purges of several replicas would not take
+        // turns; the migration makes it.
+        return Err(DbErr::Custom(format!(
+            "the maintenance row of task {task:?} is missing"
+        )));
+    }
     Ok(())
 }
 
@@ -221,7 +232,7 @@ async fn finish(
 fn rollup_statement(backend: sea_orm::DbBackend, ids: &[Uuid]) -> sea_orm::Statement {
     let mut sql = Sql::new(backend);
     let epoch = sql.epoch("created_at");
-    let ok = |column: &str| format!("CASE WHEN status = 'SUCCEEDED' THEN {column} END");
+    let ok = super::if_succeeded;
     let count = |status: &str| format!("SUM(CASE WHEN status = '{status}' THEN 1 ELSE 0 END)");
     let mut columns: Vec<String> = [
         "slot_start",

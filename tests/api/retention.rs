@@ -68,12 +68,20 @@ db_test!(purges_running_at_once_roll_each_request_up_once, db => {
     let app = TestApp::spawn_with(db, |c| c.retention.requests_days = 0).await;
     idle_models(&app, &["m-a", "m-b", "m-c"]).await;
     let now = Utc::now();
-    let requests = old_requests(400, now);
+    let mut requests = old_requests(400, now);
+    // Created 20 days ago but finished yesterday, after a long wait: its
+    // retention counts from completion, so it stays.
+    let mut waited = requests[0].clone();
+    waited.created_at = now - TimeDelta::days(20);
+    waited.status = RequestStatus::Succeeded;
+    waited.queue_ms = Some(19 * 86_400_000);
+    waited.job_ms = Some(1000);
+    waited.total_ms = Some(19 * 86_400_000 + 1000);
+    requests.push(waited);
     insert(&app, &requests).await;
-    let finished = requests
-        .iter()
-        .filter(|r| !matches!(r.status, RequestStatus::Queued | RequestStatus::Running))
-        .count();
+    let cutoff = now - TimeDelta::days(7);
+    let finished = requests.iter().filter(|r| r.purged_by(cutoff)).count();
+    assert_eq!(finished, requests.iter().filter(|r| r.is_finished()).count() - 1);
 
     // Small batches, so that the two runs interleave many times.
     let config = RetentionConfig { batch_size: 7, ..RetentionConfig::default() };
@@ -113,10 +121,7 @@ db_test!(the_server_purges_on_start_and_the_figures_stay, db => {
     config.retention = RetentionConfig::default();
     let app = TestApp::spawn_over(config).await;
     let cutoff = now - TimeDelta::days(7);
-    let stays = requests
-        .iter()
-        .filter(|r| r.created_at >= cutoff || matches!(r.status, RequestStatus::Queued | RequestStatus::Running))
-        .count() as u64;
+    let stays = requests.iter().filter(|r| !r.purged_by(cutoff)).count() as u64;
     app.eventually("the purge at start", 30, || async {
         work_request::Entity::find().count(&app.state.db).await.expect("count") == stays
     })

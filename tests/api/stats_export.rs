@@ -189,6 +189,10 @@ db_test!(stats_fields_refuse_non_admins_and_name_bad_input, db => {
     }
     let body = app.gql_as(&admin, OPTIONS, json!({ "limit": 0 })).await;
     assert_eq!(code(&body), "BAD_USER_INPUT");
+    let many: Vec<String> = (0..1001).map(|_| Uuid::new_v4().to_string()).collect();
+    let body = app.gql_as(&admin, STATS, json!({ "filter": { "sessionIds": many } })).await;
+    assert_eq!(code(&body), "BAD_USER_INPUT");
+    assert!(body["errors"][0]["extensions"]["fields"]["sessionIds"].is_array(), "{body}");
 });
 
 db_test!(filter_options_list_who_appears_in_matching_requests, db => {
