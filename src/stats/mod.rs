@@ -237,10 +237,12 @@ impl StatsService {
                 }
             }
         });
+        // Fused: a caller may poll again after the end.
         futures_util::stream::unfold(
             rx,
             |mut rx| async move { rx.recv().await.map(|row| (row, rx)) },
         )
+        .fuse()
     }
 
     /// The users and anonymous sessions that appear in requests matching

@@ -127,6 +127,19 @@ db_test!(the_csv_holds_exactly_what_stats_answers, db => {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "a header and one overall row: {text}");
     assert!(lines[1].starts_with("300,"), "{text}");
+
+    // Nothing matches: the header alone.
+    for query in [
+        "modelId=nope",
+        "groupBy=&from=2099-01-01",
+        "groupBy=DAY&authType=anon&userId=00000000-0000-0000-0000-000000000000",
+    ] {
+        let resp = csv(&app, Some(&admin), query).await;
+        assert_eq!(resp.status(), 200, "{query}");
+        let text = resp.text().await.expect("a whole body");
+        assert_eq!(text.lines().count(), 1, "{query}: {text}");
+        assert!(text.contains("totalCount"), "{text}");
+    }
 });
 
 db_test!(the_csv_refuses_all_but_admins_and_names_bad_parameters, db => {
