@@ -14,23 +14,20 @@
 //! the request as succeeded, so it includes the write and up to 1 ms of
 //! polling.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use entity::{RequestStatus, work_request};
 use modelfleet::app::Application;
 use modelfleet::config::Config;
-use sea_orm::{ColumnTrait, ConnectionTrait, Database, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
 
 const REQUESTS: usize = 400;
 const WARM_UP: usize = 40;
 const CLIENTS: usize = 4;
-
-fn pg_admin_url() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
@@ -203,22 +200,7 @@ async fn main() {
     );
     run("sqlite", &sqlite).await;
 
-    let admin = Database::connect(pg_admin_url())
-        .await
-        .expect("PostgreSQL reachable (TEST_POSTGRES_URL)");
-    let name = format!("mf_bench_{}", std::process::id());
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-        .await
-        .expect("create database");
-    let base = pg_admin_url();
-    let url = format!(
-        "{}/{name}",
-        &base[..base.rfind('/').expect("database part")]
-    );
-    run("postgres", &url).await;
-    admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await
-        .expect("drop database");
+    let postgres = support::ScratchDatabase::create("dispatch").await;
+    run("postgres", &postgres.url).await;
+    postgres.drop_now().await;
 }

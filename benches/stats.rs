@@ -10,6 +10,8 @@
 //! tests find it (`TEST_POSTGRES_URL`). `STATS_BENCH_DBS=sqlite` or
 //! `postgres` runs only one of them.
 
+mod support;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -25,17 +27,12 @@ use modelfleet::stats::{Grouping, Period, StatsDimension, StatsFilter};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use sea_orm::{ActiveValue::Set, ConnectionTrait, Database, EntityTrait, TransactionTrait};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, TransactionTrait};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 const RUNS: usize = 7;
 const MODELS: usize = 20;
-
-fn pg_admin_url() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
 
 fn say(line: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
@@ -329,22 +326,7 @@ async fn main() {
         return;
     }
 
-    let admin = Database::connect(pg_admin_url())
-        .await
-        .expect("PostgreSQL reachable (TEST_POSTGRES_URL)");
-    let name = format!("mf_bench_stats_{}", std::process::id());
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-        .await
-        .expect("create database");
-    let base = pg_admin_url();
-    let url = format!(
-        "{}/{name}",
-        &base[..base.rfind('/').expect("database part")]
-    );
-    run("postgres", &url, rows).await;
-    admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await
-        .expect("drop database");
+    let postgres = support::ScratchDatabase::create("stats").await;
+    run("postgres", &postgres.url, rows).await;
+    postgres.drop_now().await;
 }

@@ -1,0 +1,46 @@
+//! What the benchmarks share: a PostgreSQL database made for one run.
+
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+
+/// The server benchmarks use, found as the tests find it.
+pub fn pg_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A fresh PostgreSQL database, dropped by [`ScratchDatabase::drop_now`].
+pub struct ScratchDatabase {
+    admin: DatabaseConnection,
+    name: String,
+    pub url: String,
+}
+
+impl ScratchDatabase {
+    /// Creates `mf_bench_<label>_<pid>` on the benchmark server.
+    pub async fn create(label: &str) -> Self {
+        let admin = Database::connect(pg_admin_url())
+            .await
+            .expect("PostgreSQL reachable (TEST_POSTGRES_URL)");
+        let name = format!("mf_bench_{label}_{}", std::process::id());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create database");
+        let base = pg_admin_url();
+        let url = format!(
+            "{}/{name}",
+            &base[..base.rfind('/').expect("database part")]
+        );
+        ScratchDatabase { admin, name, url }
+    }
+
+    pub async fn drop_now(self) {
+        self.admin
+            .execute_unprepared(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .await
+            .expect("drop database");
+    }
+}
