@@ -207,3 +207,21 @@ db_test!(finished_instances_go_after_their_own_retention, db => {
         assert_eq!(n, events, "events of {id}");
     }
 });
+
+db_test!(a_purge_without_its_maintenance_row_refuses_to_run, db => {
+    let app = TestApp::spawn_with(db, |c| c.retention.requests_days = 0).await;
+    idle_models(&app, &["m-a", "m-b", "m-c"]).await;
+    let now = Utc::now();
+    let requests = old_requests(20, now);
+    insert(&app, &requests).await;
+    app.state
+        .db
+        .execute_unprepared("DELETE FROM maintenance WHERE task = 'requests'")
+        .await
+        .expect("row deleted");
+    // Without the row, replicas would not take turns: nothing is purged.
+    let retention = Retention::new(app.state.db.clone(), RetentionConfig::default());
+    assert!(retention.run_once(now).await.is_err());
+    let left = work_request::Entity::find().count(&app.state.db).await.expect("count");
+    assert_eq!(left as usize, requests.len());
+});
