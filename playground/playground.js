@@ -55,6 +55,12 @@
     '',
   ].join('\n');
 
+  // A link may bring an operation to run: /graphiql?query=...&variables=...
+  var params = new URLSearchParams(window.location.search);
+  var props = { fetcher: fetcher, defaultQuery: defaultQuery };
+  if (params.get('query')) { props.query = params.get('query'); }
+  if (params.get('variables')) { props.variables = params.get('variables'); }
+
   var root = ReactDOM.createRoot(document.getElementById('graphiql'));
-  root.render(React.createElement(GraphiQL, { fetcher: fetcher, defaultQuery: defaultQuery }));
+  root.render(React.createElement(GraphiQL, props));
 })();

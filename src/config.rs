@@ -85,6 +85,9 @@ pub struct ServerConfig {
     /// `server.shutdown_grace_secs`: on SIGINT/SIGTERM, how long open
     /// connections may take to finish before the process exits. Default 10.
     pub shutdown_grace_secs: u64,
+    /// `server.console`: serve the admin console at `/console/` (and send
+    /// `/` there). Default `true`.
+    pub console: bool,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +96,7 @@ impl Default for ServerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             trust_forwarded_for: false,
             shutdown_grace_secs: 10,
+            console: true,
         }
     }
 }

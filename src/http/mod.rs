@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, request logging and the pieces each route
 //! needs.
 
+mod console;
 mod graphql;
 mod health;
 mod logging;
@@ -33,6 +34,14 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics));
+    if state.config.server.console {
+        router = router
+            .route("/", get(console::to_console))
+            .route("/console", get(console::to_console))
+            .route("/console/", get(console::page))
+            .route("/console/assets/{*path}", get(console::asset))
+            .route("/console/{*page}", get(console::page));
+    }
     if state.config.graphql.playground {
         router = router
             .route("/graphiql", get(playground::page))

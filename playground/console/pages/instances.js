@@ -1,0 +1,352 @@
+// Live instances: the `instances` query for the first view, then every
+// change from the `instanceUpdates` subscription; a chosen instance's raw
+// events; stopping one after a confirmation.
+
+import { gql, subscribe } from '../api.js';
+import { h, replace, errorBox, selected } from '../dom.js';
+import { instant, shortId } from '../format.js';
+
+export const title = 'Instances';
+export const permission = 'MANAGE_INSTANCES';
+
+const STATUSES = ['PENDING', 'STARTING', 'READY', 'BUSY', 'STOPPING', 'STOPPED', 'FAILED'];
+const ENDED = new Set(['STOPPED', 'FAILED']);
+const FIELDS = 'id modelId backend handle node status statusDetail startedAt readyAt stoppedAt stopReason requestId';
+const EVENT = 'at type reason message raw';
+const LIST = `query Instances($filter: InstanceFilter) {
+  instances(filter: $filter, first: 500) { nodes { ${FIELDS} } pageInfo { hasNextPage } }
+}`;
+const UPDATES = `subscription InstanceUpdates($filter: InstanceFilter) {
+  instanceUpdates(filter: $filter) { kind at missed instance { ${FIELDS} } event { ${EVENT} } }
+}`;
+const EVENTS = `query InstanceEvents($id: ID!) { instance(id: $id) { id events(limit: 200) { ${EVENT} } } }`;
+const STOP = `mutation StopInstance($id: ID!, $reason: String) {
+  stopInstance(id: $id, reason: $reason) { alreadyStopped message instance { ${FIELDS} } }
+}`;
+const MODELS = 'query Models { models(includeDisabled: true) { id enabled } }';
+
+/** `datetime-local` value (browser time) ↔ RFC 3339 instant. */
+function toInstant(local) {
+  const t = local ? new Date(local) : null;
+  return t && !Number.isNaN(t.getTime()) ? t.toISOString() : null;
+}
+
+/** A status detail in one line: the parts an operator reads first. */
+function detailText(detail) {
+  if (detail === null || detail === undefined) return '';
+  if (typeof detail !== 'object') return String(detail);
+  return Object.entries(detail)
+    .filter(([, v]) => v !== null && typeof v !== 'object')
+    .map(([k, v]) => `${k}: ${v}`)
+    .join(', ');
+}
+
+export function render(main, { params, setParams }) {
+  const view = {
+    models: params.getAll('model'),
+    statuses: params.getAll('status'),
+    startedFrom: params.get('startedFrom') || '',
+    startedTo: params.get('startedTo') || '',
+    stopped: params.get('stopped') === '1',
+  };
+  const instances = new Map();
+  let chosen = null;
+  let chosenEvents = [];
+  let closeUpdates = null;
+  let generation = 0;
+  const errors = errorBox();
+  const eventErrors = errorBox();
+
+  const models = h('select', { id: 'instances-models', multiple: true, size: 4 });
+  const statuses = h(
+    'select',
+    { id: 'instances-statuses', multiple: true, size: 4 },
+    STATUSES.map((s) => h('option', { value: s, selected: view.statuses.includes(s) }, s.toLowerCase())),
+  );
+  const startedFrom = h('input', { id: 'instances-from', type: 'datetime-local', value: view.startedFrom });
+  const startedTo = h('input', { id: 'instances-to', type: 'datetime-local', value: view.startedTo });
+  const stopped = h('input', { id: 'instances-stopped', type: 'checkbox', checked: view.stopped });
+  const live = h('span', { class: 'live', id: 'instances-live' }, 'connecting…');
+  const graphiql = h('a', { id: 'instances-graphiql', target: '_blank', rel: 'noopener' }, 'Run this subscription in GraphiQL ↗');
+  const notice = h('p', { class: 'notice', id: 'instances-notice', role: 'status', hidden: true });
+  const table = h('table', { id: 'instances-table', class: 'data' });
+  const events = h('section', { class: 'events', id: 'instance-events', hidden: true });
+
+  const reason = h('input', { id: 'stop-reason', placeholder: 'optional' });
+  const stopText = h('p', { id: 'stop-text' });
+  const confirmStop = h('button', { type: 'submit', class: 'danger', id: 'stop-confirm', value: 'stop' }, 'Stop instance');
+  const dialog = h(
+    'dialog',
+    { id: 'stop-dialog', 'aria-labelledby': 'stop-title' },
+    h(
+      'form',
+      { method: 'dialog', class: 'stack' },
+      h('h2', { id: 'stop-title' }, 'Stop this instance?'),
+      stopText,
+      h('label', { for: 'stop-reason' }, 'Reason (recorded with the stop)'),
+      reason,
+      h(
+        'div',
+        { class: 'buttons' },
+        h('button', { type: 'submit', value: 'cancel', id: 'stop-cancel' }, 'Keep it running'),
+        confirmStop,
+      ),
+    ),
+  );
+
+  function writeView() {
+    const out = new URLSearchParams();
+    view.models.forEach((m) => out.append('model', m));
+    view.statuses.forEach((s) => out.append('status', s));
+    if (view.startedFrom) out.set('startedFrom', view.startedFrom);
+    if (view.startedTo) out.set('startedTo', view.startedTo);
+    if (view.stopped) out.set('stopped', '1');
+    setParams(out);
+    const playground = new URLSearchParams({ query: UPDATES, variables: JSON.stringify({ filter: serverFilter(false) }, null, 2) });
+    graphiql.href = `/graphiql?${playground}`;
+  }
+
+  /** What the server filters on; statuses are applied here, so that an
+   * instance leaving a chosen status is seen leaving. */
+  function serverFilter(forList) {
+    const f = {};
+    if (view.models.length) f.modelIds = view.models;
+    const from = toInstant(view.startedFrom);
+    const to = toInstant(view.startedTo);
+    if (from) f.startedFrom = from;
+    if (to) f.startedTo = to;
+    if (forList) f.includeStopped = view.stopped;
+    return f;
+  }
+
+  function visible(instance) {
+    if (!view.stopped && ENDED.has(instance.status)) return false;
+    return view.statuses.length === 0 || view.statuses.includes(instance.status);
+  }
+
+  function draw() {
+    const rows = Array.from(instances.values())
+      .filter(visible)
+      .sort((a, b) => (a.startedAt < b.startedAt ? 1 : a.startedAt > b.startedAt ? -1 : 0));
+    const head = h(
+      'thead',
+      {},
+      h('tr', {}, ['Model', 'Started', 'Status', 'Detail', 'Request', 'Handle', 'Id', ''].map((c) => h('th', { scope: 'col' }, c))),
+    );
+    const body = h(
+      'tbody',
+      {},
+      rows.length === 0
+        ? h('tr', {}, h('td', { colspan: 8, class: 'empty' }, 'No instance matches.'))
+        : rows.map((i) =>
+            h(
+              'tr',
+              { dataset: { id: i.id, status: i.status }, class: chosen === i.id ? 'chosen' : null },
+              h('td', { class: 'text' }, i.modelId),
+              h('td', { class: 'text' }, instant(i.startedAt)),
+              h('td', { class: 'text' }, h('span', { class: `status ${i.status.toLowerCase()}` }, i.status.toLowerCase())),
+              h(
+                'td',
+                { class: 'text detail', title: i.statusDetail ? JSON.stringify(i.statusDetail) : '' },
+                [detailText(i.statusDetail), i.stopReason ? ` (${i.stopReason})` : ''].join(''),
+              ),
+              h('td', { class: 'text mono request', title: i.requestId || '' }, i.requestId || '—'),
+              h('td', { class: 'text mono' }, `${i.backend} ${i.handle || ''}`),
+              h('td', { class: 'text mono', title: i.id }, shortId(i.id)),
+              h(
+                'td',
+                { class: 'actions' },
+                h('button', { type: 'button', class: 'events-button', onclick: () => choose(i.id) }, 'Events'),
+                h(
+                  'button',
+                  {
+                    type: 'button',
+                    class: 'stop-button danger',
+                    disabled: ENDED.has(i.status) || i.status === 'STOPPING',
+                    onclick: () => askStop(i),
+                  },
+                  'Stop',
+                ),
+              ),
+            ),
+          ),
+    );
+    replace(table, head, body);
+  }
+
+  function drawEvents() {
+    if (!chosen) {
+      events.hidden = true;
+      return;
+    }
+    const instance = instances.get(chosen);
+    events.hidden = false;
+    replace(
+      events,
+      h(
+        'header',
+        {},
+        h('h2', {}, `Events of ${instance ? instance.modelId : 'instance'} ${shortId(chosen)}`),
+        h('button', { type: 'button', id: 'events-close', onclick: () => choose(null) }, 'Close'),
+      ),
+      eventErrors.el,
+      chosenEvents.length === 0
+        ? h('p', { class: 'empty' }, 'No events yet.')
+        : h(
+            'ol',
+            { class: 'event-list' },
+            chosenEvents.map((e) =>
+              h(
+                'li',
+                { class: e.type === 'WARNING' ? 'warning' : null },
+                h('span', { class: 'when' }, instant(e.at)),
+                ' ',
+                h('strong', {}, e.reason),
+                ' ',
+                h('span', {}, e.message),
+                e.raw === null || e.raw === undefined
+                  ? null
+                  : h('details', {}, h('summary', {}, 'raw'), h('pre', {}, JSON.stringify(e.raw, null, 2))),
+              ),
+            ),
+          ),
+    );
+  }
+
+  async function choose(id) {
+    chosen = id;
+    chosenEvents = [];
+    eventErrors.clear();
+    draw();
+    drawEvents();
+    if (!id) return;
+    try {
+      const data = await gql(EVENTS, { id });
+      if (chosen !== id) return;
+      chosenEvents = data.instance ? data.instance.events : [];
+      drawEvents();
+      events.scrollIntoView({ block: 'nearest' });
+    } catch (error) {
+      eventErrors.show(error);
+    }
+  }
+
+  function askStop(instance) {
+    replace(
+      stopText,
+      `Instance ${shortId(instance.id)} of ${instance.modelId} will be stopped. `,
+      instance.requestId ? `The request it runs (${shortId(instance.requestId)}) goes back to the queue.` : 'It runs no request now.',
+    );
+    reason.value = '';
+    dialog.returnValue = '';
+    dialog.onclose = async () => {
+      if (dialog.returnValue !== 'stop') return;
+      errors.clear();
+      try {
+        const data = await gql(STOP, { id: instance.id, reason: reason.value.trim() || null });
+        const payload = data.stopInstance;
+        instances.set(payload.instance.id, payload.instance);
+        notice.textContent = payload.message;
+        notice.hidden = false;
+        draw();
+      } catch (error) {
+        errors.show(error);
+      }
+    };
+    dialog.showModal();
+  }
+
+  async function reload() {
+    const mine = ++generation;
+    errors.clear();
+    try {
+      const data = await gql(LIST, { filter: serverFilter(true) });
+      if (mine !== generation) return;
+      instances.clear();
+      for (const i of data.instances.nodes) instances.set(i.id, i);
+      draw();
+    } catch (error) {
+      if (mine === generation) errors.show(error);
+    }
+  }
+
+  function listen() {
+    if (closeUpdates) closeUpdates();
+    closeUpdates = subscribe(
+      UPDATES,
+      { filter: serverFilter(false) },
+      {
+        // Listed once the subscription is open, and again after every
+        // reconnection: nothing that changed in between is missed.
+        onOpen: () => {
+          live.textContent = 'live';
+          live.classList.add('on');
+          reload();
+        },
+        onError: (error) => {
+          live.textContent = 'interrupted';
+          live.classList.remove('on');
+          errors.show(error);
+        },
+        onData: (data) => {
+          const update = data.instanceUpdates;
+          if (update.kind === 'RESYNC') {
+            reload();
+            return;
+          }
+          if (update.instance) instances.set(update.instance.id, update.instance);
+          if (update.kind === 'EVENT' && update.event && update.instance && update.instance.id === chosen) {
+            chosenEvents = [update.event, ...chosenEvents];
+            drawEvents();
+          }
+          draw();
+        },
+      },
+    );
+  }
+
+  function fromForm() {
+    view.models = selected(models);
+    view.statuses = selected(statuses);
+    view.startedFrom = startedFrom.value;
+    view.startedTo = startedTo.value;
+    view.stopped = stopped.checked;
+    writeView();
+    listen();
+    reload();
+  }
+  for (const input of [models, statuses, startedFrom, startedTo, stopped]) input.addEventListener('change', fromForm);
+
+  main.append(
+    h('h1', {}, 'Instances ', live),
+    h(
+      'form',
+      { class: 'filters', onsubmit: (e) => e.preventDefault() },
+      h('div', { class: 'field' }, h('label', { for: 'instances-models' }, 'Models'), models),
+      h('div', { class: 'field' }, h('label', { for: 'instances-statuses' }, 'Statuses'), statuses),
+      h('div', { class: 'field' }, h('label', { for: 'instances-from' }, 'Started from'), startedFrom),
+      h('div', { class: 'field' }, h('label', { for: 'instances-to' }, 'Started to'), startedTo),
+      h('div', { class: 'field' }, h('label', { class: 'check' }, stopped, 'Show stopped instances')),
+    ),
+    errors.el,
+    notice,
+    h('div', { class: 'table-wrap' }, table),
+    h('p', { class: 'hint' }, graphiql),
+    events,
+    dialog,
+  );
+
+  gql(MODELS)
+    .then((data) => {
+      const chosenModels = new Set(view.models);
+      models.append(...data.models.map((m) => h('option', { value: m.id, selected: chosenModels.has(m.id) }, m.id)));
+    })
+    .catch((error) => errors.show(error));
+  writeView();
+  listen();
+  reload();
+  return () => {
+    if (closeUpdates) closeUpdates();
+    if (dialog.open) dialog.close();
+  };
+}
