@@ -6,6 +6,7 @@ mod support;
 
 mod accounts;
 mod admin_requests;
+mod browser;
 mod cli;
 mod database;
 mod graphql_surface;
