@@ -82,12 +82,10 @@ function renderChrome() {
   }
 }
 
-async function signOut() {
-  try {
-    await session.signOut();
-  } finally {
-    navigate('/signin');
-  }
+// Signing out ends in the session's change listener below, which shows
+// the sign-in page.
+function signOut() {
+  session.signOut().catch((error) => console.warn('modelfleet: sign-out call failed', error.message));
 }
 
 function route() {

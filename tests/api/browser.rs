@@ -492,7 +492,17 @@ impl Page {
     }
 
     async fn wait_until(&self, js: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT_TIMEOUT;
+        self.wait_until_within(js, what, WAIT_TIMEOUT, done).await
+    }
+
+    async fn wait_until_within(
+        &self,
+        js: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
         loop {
             let last = self.try_eval(js).await;
             match &last {
@@ -502,7 +512,7 @@ impl Page {
                     let url = self.try_eval("location.href").await.unwrap_or_default();
                     let problems = self.problems();
                     panic!(
-                        "timed out after {WAIT_TIMEOUT:?} waiting for {what}\n  last value: {last:?}\n  page: {url}\n  problems: {problems:#?}"
+                        "timed out after {timeout:?} waiting for {what}\n  last value: {last:?}\n  page: {url}\n  problems: {problems:#?}"
                     );
                 }
             }
@@ -512,9 +522,17 @@ impl Page {
     /// Polls the expression `js` every 50 ms until it is truthy (a throw counts
     /// as false) and returns its value.
     pub async fn wait_for(&self, js: &str, what: &str) -> Value {
+        self.wait_for_secs(js, what, WAIT_TIMEOUT.as_secs()).await
+    }
+
+    /// [`Page::wait_for`] with a longer wait, for what takes a model start.
+    pub async fn wait_for_secs(&self, js: &str, what: &str, secs: u64) -> Value {
         let js =
             format!("(async () => {{ const v = await ({js}\n); return {{ truthy: !!v, v }}; }})()");
-        self.wait_until(&js, what, |r| r["truthy"] == true).await["v"].take()
+        let timeout = Duration::from_secs(secs);
+        self.wait_until_within(&js, what, timeout, |r| r["truthy"] == true)
+            .await["v"]
+            .take()
     }
 
     /// Waits for a visible element matching `selector` whose innerText contains `text`.

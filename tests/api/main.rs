@@ -8,6 +8,7 @@ mod accounts;
 mod admin_requests;
 mod browser;
 mod cli;
+mod console;
 mod database;
 mod graphql_surface;
 mod instances;

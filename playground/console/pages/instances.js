@@ -13,9 +13,13 @@ const STATUSES = ['PENDING', 'STARTING', 'READY', 'BUSY', 'STOPPING', 'STOPPED',
 const ENDED = new Set(['STOPPED', 'FAILED']);
 const FIELDS = 'id modelId backend handle node status statusDetail startedAt readyAt stoppedAt stopReason requestId';
 const EVENT = 'at type reason message raw';
-const LIST = `query Instances($filter: InstanceFilter) {
-  instances(filter: $filter, first: 500) { nodes { ${FIELDS} } pageInfo { hasNextPage } }
+// Fetched 50 at a time: the most the server's complexity limit allows
+// with these fields.
+const LIST = `query Instances($filter: InstanceFilter, $after: String) {
+  instances(filter: $filter, first: 50, after: $after) { nodes { ${FIELDS} } pageInfo { hasNextPage endCursor } }
 }`;
+// Enough for a screen; the history of stopped ones can be far longer.
+const MOST_LISTED = 1000;
 const UPDATES = `subscription InstanceUpdates($filter: InstanceFilter) {
   instanceUpdates(filter: $filter) { kind at missed instance { ${FIELDS} } event { ${EVENT} } }
 }`;
@@ -69,6 +73,11 @@ export function render(main, { params, setParams }) {
   const live = h('span', { class: 'live', id: 'instances-live' }, 'connecting…');
   const graphiql = h('a', { id: 'instances-graphiql', target: '_blank', rel: 'noopener' }, 'Run this subscription in GraphiQL ↗');
   const notice = h('p', { class: 'notice', id: 'instances-notice', role: 'status', hidden: true });
+  const truncated = h(
+    'p',
+    { class: 'hint', hidden: true },
+    `Only the newest ${MOST_LISTED} instances are listed; narrow the filter to see older ones.`,
+  );
   const table = h('table', { id: 'instances-table', class: 'data' });
   const events = h('section', { class: 'events', id: 'instance-events', hidden: true });
 
@@ -119,6 +128,15 @@ export function render(main, { params, setParams }) {
     return f;
   }
 
+  /** Keeps the newest state known. An ended instance never comes back, so
+   * a state older than its end (a mutation's answer arriving after the
+   * subscription's STOPPED, or a list taken just before) is dropped. */
+  function remember(instance) {
+    const known = instances.get(instance.id);
+    if (known && ENDED.has(known.status) && !ENDED.has(instance.status)) return;
+    instances.set(instance.id, instance);
+  }
+
   function visible(instance) {
     if (!view.stopped && ENDED.has(instance.status)) return false;
     return view.statuses.length === 0 || view.statuses.includes(instance.status);
@@ -131,7 +149,12 @@ export function render(main, { params, setParams }) {
     const head = h(
       'thead',
       {},
-      h('tr', {}, ['Model', 'Started', 'Status', 'Detail', 'Request', 'Handle', 'Id', ''].map((c) => h('th', { scope: 'col' }, c))),
+      h(
+        'tr',
+        {},
+        ['Model', 'Started', 'Status', 'Detail', 'Request', 'Handle', 'Id'].map((c) => h('th', { scope: 'col', class: 'text' }, c)),
+        h('th', { scope: 'col' }, h('span', { class: 'visually-hidden' }, 'Actions')),
+      ),
     );
     const body = h(
       'tbody',
@@ -156,7 +179,10 @@ export function render(main, { params, setParams }) {
               h(
                 'td',
                 { class: 'actions' },
-                h('button', { type: 'button', class: 'events-button', onclick: () => choose(i.id) }, 'Events'),
+                h(
+                  'div',
+                  { class: 'buttons' },
+                  h('button', { type: 'button', class: 'events-button', onclick: () => choose(i.id) }, 'Events'),
                 h(
                   'button',
                   {
@@ -166,6 +192,7 @@ export function render(main, { params, setParams }) {
                     onclick: () => askStop(i),
                   },
                   'Stop',
+                ),
                 ),
               ),
             ),
@@ -245,7 +272,7 @@ export function render(main, { params, setParams }) {
       try {
         const data = await gql(STOP, { id: instance.id, reason: reason.value.trim() || null });
         const payload = data.stopInstance;
-        instances.set(payload.instance.id, payload.instance);
+        remember(payload.instance);
         notice.textContent = payload.message;
         notice.hidden = false;
         draw();
@@ -260,10 +287,23 @@ export function render(main, { params, setParams }) {
     const mine = ++generation;
     errors.clear();
     try {
-      const data = await gql(LIST, { filter: serverFilter(true) });
-      if (mine !== generation) return;
+      const found = [];
+      let after = null;
+      do {
+        const data = await gql(LIST, { filter: serverFilter(true), after });
+        if (mine !== generation) return;
+        found.push(...data.instances.nodes);
+        after = data.instances.pageInfo.hasNextPage ? data.instances.pageInfo.endCursor : null;
+      } while (after && found.length < MOST_LISTED);
+      // An instance seen ending stays ended over a list taken a moment
+      // before its end.
+      const previous = new Map(instances);
       instances.clear();
-      for (const i of data.instances.nodes) instances.set(i.id, i);
+      for (const i of found) {
+        const known = previous.get(i.id);
+        instances.set(i.id, known && ENDED.has(known.status) && !ENDED.has(i.status) ? known : i);
+      }
+      truncated.hidden = !after;
       draw();
     } catch (error) {
       if (mine === generation) errors.show(error);
@@ -294,7 +334,7 @@ export function render(main, { params, setParams }) {
             reload();
             return;
           }
-          if (update.instance) instances.set(update.instance.id, update.instance);
+          if (update.instance) remember(update.instance);
           if (update.kind === 'EVENT' && update.event && update.instance && update.instance.id === chosen) {
             chosenEvents = [update.event, ...chosenEvents];
             drawEvents();
@@ -331,6 +371,7 @@ export function render(main, { params, setParams }) {
     errors.el,
     notice,
     h('div', { class: 'table-wrap' }, table),
+    truncated,
     h('p', { class: 'hint' }, graphiql),
     events,
     dialog,

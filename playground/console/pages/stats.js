@@ -230,15 +230,15 @@ export function render(main, { params, setParams }) {
       ),
     );
     const sessionOptions = options.anonymousSessions.map((s) =>
-      h('option', { value: `session:${s.id}`, selected: chosen.has(s.id) }, `${shortId(s.id)}… (${count(s.requestCount)})`),
+      h('option', { value: `session:${s.id}`, selected: chosen.has(s.id) }, `${shortId(s.id)} (${count(s.requestCount)})`),
     );
     // Chosen ones the list no longer offers stay chosen and visible.
     const offered = new Set([...options.users.map((u) => u.id), ...options.anonymousSessions.map((s) => s.id)]);
     const kept = [
-      ...view.users.filter((id) => !offered.has(id)).map((id) => h('option', { value: `user:${id}`, selected: true }, `user ${shortId(id)}…`)),
+      ...view.users.filter((id) => !offered.has(id)).map((id) => h('option', { value: `user:${id}`, selected: true }, `user ${shortId(id)}`)),
       ...view.sessions
         .filter((id) => !offered.has(id))
-        .map((id) => h('option', { value: `session:${id}`, selected: true }, `session ${shortId(id)}…`)),
+        .map((id) => h('option', { value: `session:${id}`, selected: true }, `session ${shortId(id)}`)),
     ];
     replace(
       principals,
@@ -318,7 +318,12 @@ export function render(main, { params, setParams }) {
           cols.map((col) =>
             h(
               'td',
-              { class: col.text ? 'text' : null, title: col.title ? col.title(row) : null, dataset: { column: col.key } },
+              {
+                class: col.text ? 'text' : null,
+                title: col.title ? col.title(row) : null,
+                // The raw figure, as the CSV holds it.
+                dataset: { column: col.key, value: col.value(row) ?? '' },
+              },
               col.show ? col.show(row) : (col.value(row) ?? '—'),
             ),
           ),
