@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chrono::{TimeDelta, Utc};
-use entity::work_request;
+use entity::{instance_event, work_request};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use sea_orm::EntityTrait;
+use sea_orm::{ActiveValue::Set, EntityTrait};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -320,11 +320,24 @@ db_test!(an_admin_filters_stats_sorts_them_and_downloads_what_is_shown, db => {
     server_rows.sort();
     assert_eq!(ours, server_rows);
 
-    // A bad range is refused with the server's words, where it happened.
+    // A bad range is refused with the server's words, where it happened;
+    // the loading bar shows while the page asks.
+    page.eval(
+        "window.sawLoading = false; new MutationObserver(() => { \
+         if (!document.getElementById('loading').hidden) window.sawLoading = true; }) \
+         .observe(document.getElementById('loading'), { attributes: true }); true",
+    )
+    .await;
     page.fill("#stats-from", &to).await;
     page.fill("#stats-to", &from).await;
     settled(&page).await;
-    page.wait_text(".error", "from").await;
+    let refused = app
+        .gql_as(&token, STATS, json!({ "filter": { "from": to, "to": from } }))
+        .await;
+    let message = refused["errors"][0]["message"].as_str().expect("a refusal").to_owned();
+    page.wait_text("#main .error", &message).await;
+    assert_eq!(page.eval("window.sawLoading").await, true);
+    assert_eq!(page.eval("document.querySelectorAll('#stats-table tbody tr').length").await, 0);
     page.clear_problems();
 
     page.fill("#stats-to", &to).await;
@@ -471,9 +484,27 @@ db_test!(instances_appear_and_change_live_and_stop_from_the_console, db => {
         .expect("id")
         .to_owned();
 
-    // Its raw events.
+    // Its events, with their raw JSON (a backend event, as the Kubernetes
+    // backend records them; markup in it stays text).
+    instance_event::Entity::insert(instance_event::ActiveModel {
+        instance_id: Set(id.parse().expect("uuid")),
+        at: Set(Utc::now() - TimeDelta::seconds(1)),
+        kind: Set("Warning".to_owned()),
+        reason: Set("BackOff".to_owned()),
+        message: Set("<b>not bold</b>".to_owned()),
+        raw: Set(Some(json!({ "kind": "Event", "note": "<img src=x>" }))),
+        ..Default::default()
+    })
+    .exec(&app.state.db)
+    .await
+    .expect("event stored");
     page.click("#instances-table .events-button").await;
     page.wait_text("#instance-events", "Assigned request").await;
+    page.wait_text("#instance-events li.warning", "<b>not bold</b>").await;
+    let raw = page.eval("document.querySelector('#instance-events li.warning pre').textContent").await;
+    let raw: Value = serde_json::from_str(raw.as_str().expect("raw text")).expect("raw JSON");
+    assert_eq!(raw, json!({ "kind": "Event", "note": "<img src=x>" }));
+    assert_eq!(page.eval("document.querySelectorAll('#instance-events b, #instance-events img').length").await, 0);
     screenshots(&page, "instances", db).await;
 
     // Stopping asks first; keeping it running does nothing.
@@ -486,6 +517,9 @@ db_test!(instances_appear_and_change_live_and_stop_from_the_console, db => {
     page.fill("#stop-reason", "seen enough").await;
     page.click("#stop-confirm").await;
     page.wait_for("!document.getElementById('instances-notice').hidden", "the stop's message").await;
+    // The open events list follows the instance live: the stop request
+    // and its reason arrive as an event.
+    page.wait_text("#instance-events", "seen enough").await;
     // The reason is recorded once the instance has stopped.
     app.eventually("the stop and its reason", 60, || async {
         let stopped = app
