@@ -22,13 +22,36 @@ export class ApiError extends Error {
 
 let tokenSource = () => null;
 let onSessionEnded = () => {};
+let onRolesChanged = () => {};
 let inFlight = 0;
+// The server's clock minus the browser's, from the last response's `Date`.
+let clockOffsetMs = 0;
 const busyListeners = new Set();
 
-/** Where calls find the token, and what to do when the server refuses it. */
-export function configure({ token, sessionEnded }) {
+/**
+ * Where calls find the token; what to do when the server says the session
+ * that token belongs to has ended (`sessionEnded(error, token)`), and when
+ * its roles changed under a live subscription (`rolesChanged(token)`).
+ */
+export function configure({ token, sessionEnded, rolesChanged }) {
   tokenSource = token;
   onSessionEnded = sessionEnded;
+  onRolesChanged = rolesChanged;
+}
+
+/** Now, by the server's clock (session expiry times are the server's). */
+export function serverNow() {
+  return Date.now() + clockOffsetMs;
+}
+
+function noteClock(response) {
+  const date = Date.parse(response.headers.get('date') || '');
+  // The header has whole seconds: keep the offset only when it is larger
+  // than that rounding.
+  if (!Number.isNaN(date)) {
+    const offset = date - Date.now();
+    clockOffsetMs = Math.abs(offset) > 2000 ? offset : 0;
+  }
 }
 
 /** Calls `listener(busy)` whenever calls start or all have finished. */
@@ -69,9 +92,9 @@ function errorOf(body, status) {
  * Runs one query or mutation and resolves to its `data`, or rejects with an
  * ApiError carrying the server's message and code.
  */
-export async function gql(query, variables = {}, { auth = true } = {}) {
+export async function gql(query, variables = {}, { auth = true, token: given = null } = {}) {
   const headers = { 'content-type': 'application/json', accept: 'application/json' };
-  const token = auth ? tokenSource() : null;
+  const token = given || (auth ? tokenSource() : null);
   if (token) headers.authorization = `Bearer ${token}`;
   let response;
   let body = null;
@@ -82,6 +105,7 @@ export async function gql(query, variables = {}, { auth = true } = {}) {
     } catch (e) {
       throw new ApiError(`The server cannot be reached (${e.message}).`);
     }
+    noteClock(response);
     try {
       body = await response.json();
     } catch {
@@ -94,7 +118,7 @@ export async function gql(query, variables = {}, { auth = true } = {}) {
   }
   if (body.errors && body.errors.length) {
     const error = errorOf(body, response.status);
-    if (token && error.sessionEnded) onSessionEnded(error);
+    if (token && error.sessionEnded) onSessionEnded(error, token);
     throw error;
   }
   return body.data;
@@ -115,7 +139,7 @@ export async function download(path, fallbackName) {
     } catch {
       error = new ApiError(`The download failed with status ${response.status}.`, { status: response.status });
     }
-    if (token && error.sessionEnded) onSessionEnded(error);
+    if (token && error.sessionEnded) onSessionEnded(error, token);
     throw error;
   }
   const match = /filename="([^"]+)"/.exec(response.headers.get('content-disposition') || '');
@@ -150,9 +174,10 @@ export function subscribe(query, variables, { onData, onError, onReconnect, onOp
   function connect() {
     const url = new URL(ENDPOINT, window.location.href);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    const token = tokenSource();
     socket = new WebSocket(url, 'graphql-transport-ws');
     socket.addEventListener('open', () => {
-      socket.send(JSON.stringify({ type: 'connection_init', payload: { token: tokenSource() } }));
+      socket.send(JSON.stringify({ type: 'connection_init', payload: { token } }));
     });
     socket.addEventListener('message', (event) => {
       let message;
@@ -188,10 +213,19 @@ export function subscribe(query, variables, { onData, onError, onReconnect, onOp
     });
     socket.addEventListener('close', (event) => {
       if (closed) return;
-      // 4401: the session ended; 4403: the token was refused.
+      // 4403 with this reason: the roles changed, so what this page may
+      // show is asked again. Otherwise 4403 means the token was refused,
+      // and 4401 that the session ended or expired.
+      if (event.code === 4403 && event.reason.startsWith('permissions changed')) {
+        onRolesChanged(token);
+        return;
+      }
       if (event.code === 4401 || event.code === 4403) {
-        const error = new ApiError('Your session has ended.', { code: 'SESSION_EXPIRED' });
-        onSessionEnded(error);
+        const expired = event.reason === 'session expired';
+        const error = new ApiError(expired ? 'Your session has expired.' : 'Your session has ended.', {
+          code: expired ? 'SESSION_EXPIRED' : 'UNAUTHENTICATED',
+        });
+        onSessionEnded(error, token);
         onError(error);
         return;
       }

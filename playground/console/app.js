@@ -4,7 +4,7 @@
 // which may return a function that tears the page down.
 
 import { configure, onBusy } from './api.js';
-import { h, replace } from './dom.js';
+import { h, playground, replace } from './dom.js';
 import * as session from './session.js';
 import * as home from './pages/home.js';
 import * as instances from './pages/instances.js';
@@ -32,12 +32,24 @@ const who = document.getElementById('who');
 const menuButton = document.getElementById('menu-button');
 const sidebar = document.getElementById('sidebar');
 let teardown = null;
+// Who is shown, and what they may see, as of the last page drawn.
+let drawnFor = null;
 let generation = 0;
 
 configure({
   token: session.currentToken,
-  sessionEnded: () => {
-    if (session.currentToken()) session.end('Your session has expired. Sign in again.');
+  // Only the session in use: a late answer about an older token (from
+  // before a sign-in) changes nothing.
+  sessionEnded: (error, token) => {
+    if (!token || token !== session.currentToken()) return;
+    session.end(
+      error.code === 'SESSION_EXPIRED'
+        ? 'Your session has expired. Sign in again.'
+        : 'Your session has ended (signed out elsewhere, or revoked). Sign in again.',
+    );
+  },
+  rolesChanged: (token) => {
+    if (token === session.currentToken()) session.verify().finally(route);
   },
 });
 
@@ -69,7 +81,7 @@ function renderChrome() {
     MENU.filter(([, page]) => session.can(page.permission)).map(([path, page]) =>
       h('a', { href: `${BASE}${path}`, 'data-nav': true, 'aria-current': pagePath() === path ? 'page' : null }, page.title),
     ),
-    h('a', { href: '/graphiql', class: 'external', target: '_blank', rel: 'noopener' }, 'GraphiQL playground ↗'),
+    playground() ? h('a', { href: '/graphiql', class: 'external', target: '_blank', rel: 'noopener' }, 'GraphiQL playground ↗') : null,
   );
   if (viewer) {
     replace(
@@ -85,7 +97,9 @@ function renderChrome() {
 // Signing out ends in the session's change listener below, which shows
 // the sign-in page.
 function signOut() {
-  session.signOut().catch((error) => console.warn('modelfleet: sign-out call failed', error.message));
+  // The session is forgotten here at once; the server's answer changes
+  // nothing on screen.
+  session.signOut().catch((error) => console.warn('modelfleet: the server did not take the sign-out', error.message));
 }
 
 function route() {
@@ -94,6 +108,7 @@ function route() {
   closeMenu();
   const path = pagePath();
   const page = PAGES[path];
+  drawnFor = viewerKey(session.currentViewer());
   renderChrome();
   if (!page) {
     document.title = 'Not found · modelfleet';
@@ -166,11 +181,23 @@ document.addEventListener('click', (event) => {
 window.addEventListener('popstate', route);
 
 session.onChange((viewer) => {
-  renderChrome();
-  if (!viewer && pagePath() !== '/signin') {
-    navigate('/signin', new URLSearchParams({ next: `${pagePath()}${window.location.search}` }), { replace: true });
+  if (!viewer) {
+    drawnFor = null;
+    renderChrome();
+    if (pagePath() !== '/signin') {
+      navigate('/signin', new URLSearchParams({ next: `${pagePath()}${window.location.search}` }), { replace: true });
+    }
+    return;
   }
+  // A refresh changes nothing on screen; a new viewer or new permissions
+  // (another tab signed in, roles changed) draw the page again.
+  if (drawnFor !== null && drawnFor !== viewerKey(viewer)) route();
+  else renderChrome();
 });
+
+function viewerKey(viewer) {
+  return viewer ? `${viewer.id} ${viewer.permissions.join(',')}` : '';
+}
 
 session
   .restore()

@@ -59,3 +59,8 @@ export function errorBox() {
 export function selected(select) {
   return Array.from(select.selectedOptions, (o) => o.value);
 }
+
+/** Whether the server serves the GraphiQL playground (it says so in the page). */
+export function playground() {
+  return document.documentElement.dataset.playground === 'on';
+}

@@ -1,20 +1,28 @@
-// The signed-in session: its token (shared with the GraphiQL playground,
-// under the same key), the viewer and permissions (loaded once, cached), and
-// the timer that keeps the session alive with `refreshSession`.
+// The signed-in session: its token, the viewer and permissions (loaded
+// once, cached with the token), and the timer that keeps the session alive
+// with `refreshSession`.
+//
+// The console keeps its token under a key of its own. On sign-in it also
+// hands the token to the GraphiQL playground (under the playground's key),
+// so the playground opened from the console acts as the same admin; what
+// the playground later does with its own key (an anonymous session, say)
+// does not change the console's session.
 
-import { gql } from './api.js';
+import { gql, serverNow } from './api.js';
 
-const TOKEN_KEY = 'modelfleet.token';
+const TOKEN_KEY = 'modelfleet.console.token';
 const CACHE_KEY = 'modelfleet.console.viewer';
+const PLAYGROUND_KEY = 'modelfleet.token';
 const VIEWER = 'id sessionId authType username email roles permissions sessionExpiresAt';
-// setTimeout takes at most 2^31 - 1 ms.
+// setTimeout takes at most 2^31 - 1 ms; and never refresh more often than this.
 const LONGEST_WAIT_MS = 2_147_000_000;
+const SHORTEST_WAIT_MS = 5000;
 
 let token = null;
 let viewer = null;
 let lifetimeMs = null;
 let refreshTimer = null;
-let listeners = new Set();
+const listeners = new Set();
 let endedMessage = null;
 
 function read(key) {
@@ -70,17 +78,32 @@ export function endedReason() {
 
 function adopt(payloadViewer, expiresAt, fresh) {
   viewer = { ...payloadViewer, sessionExpiresAt: expiresAt || payloadViewer.sessionExpiresAt };
-  if (fresh) lifetimeMs = Date.parse(viewer.sessionExpiresAt) - Date.now();
+  // Measured against the server's clock: the browser's may be off.
+  if (fresh) lifetimeMs = Date.parse(viewer.sessionExpiresAt) - serverNow();
   save();
   schedule();
   changed();
 }
 
 /**
- * Picks up a stored session at start-up. The cached viewer shows at once;
- * `me` then confirms it. A server that cannot be reached leaves the cached
- * viewer in place: only the server saying the session is gone ends it.
+ * Asks `me` who the token belongs to. A server that cannot be reached
+ * leaves the cached viewer in place: only the server saying the session is
+ * gone ends it (through the API layer).
  */
+export async function verify() {
+  if (!token) return;
+  const asked = token;
+  try {
+    const data = await gql(`query Viewer { me { ${VIEWER} } }`);
+    if (data.me && asked === token) adopt(data.me, null, false);
+  } catch (error) {
+    if (error.sessionEnded) return;
+    if (viewer) schedule();
+    else throw error;
+  }
+}
+
+/** Picks up the stored session at start-up: the cached viewer shows at once. */
 export async function restore() {
   token = read(TOKEN_KEY);
   if (!token) return;
@@ -93,16 +116,7 @@ export async function restore() {
   } catch {
     viewer = null;
   }
-  try {
-    const data = await gql(`query Viewer { me { ${VIEWER} } }`);
-    if (data.me) adopt(data.me, null, false);
-  } catch (error) {
-    if (!error.sessionEnded && viewer) {
-      schedule();
-      return;
-    }
-    if (!error.sessionEnded) throw error;
-  }
+  await verify();
 }
 
 export async function signIn(login, password) {
@@ -113,22 +127,24 @@ export async function signIn(login, password) {
   );
   token = data.login.token;
   endedMessage = null;
+  write(PLAYGROUND_KEY, token);
   adopt(data.login.viewer, data.login.expiresAt, true);
   return viewer;
 }
 
+/** Forgets the session at once, then tells the server. */
 export async function signOut() {
-  try {
-    if (token) await gql('mutation SignOut { logout }');
-  } finally {
-    end(null);
-  }
+  const ending = token;
+  end(null);
+  if (ending) await gql('mutation SignOut { logout }', {}, { token: ending });
 }
 
 /** Forgets the session; `message` says why on the sign-in page. */
 export function end(message) {
   if (message) endedMessage = message;
   clearTimeout(refreshTimer);
+  // The playground's copy goes too, unless the playground has moved on.
+  if (token && read(PLAYGROUND_KEY) === token) write(PLAYGROUND_KEY, null);
   token = null;
   viewer = null;
   lifetimeMs = null;
@@ -143,17 +159,17 @@ export async function refresh() {
   adopt(data.refreshSession.viewer, data.refreshSession.expiresAt, true);
 }
 
-/** When to refresh: halfway through the session's lifetime. */
+/** When to refresh, by the server's clock: halfway through the lifetime. */
 function refreshDue() {
   const expires = Date.parse(viewer.sessionExpiresAt);
-  const half = lifetimeMs ? lifetimeMs / 2 : (expires - Date.now()) / 2;
+  const half = lifetimeMs > 0 ? lifetimeMs / 2 : (expires - serverNow()) / 2;
   return expires - half;
 }
 
 function schedule() {
   clearTimeout(refreshTimer);
   if (!token || !viewer) return;
-  const wait = Math.max(1000, Math.min(LONGEST_WAIT_MS, refreshDue() - Date.now()));
+  const wait = Math.max(SHORTEST_WAIT_MS, Math.min(LONGEST_WAIT_MS, refreshDue() - serverNow()));
   refreshTimer = setTimeout(refreshNow, wait);
 }
 
@@ -170,19 +186,20 @@ async function refreshNow() {
 // Timers sleep with the machine and in hidden tabs: catch up when the page
 // is looked at again.
 document.addEventListener('visibilitychange', () => {
-  if (document.visibilityState === 'visible' && token && viewer && Date.now() >= refreshDue()) {
+  if (document.visibilityState === 'visible' && token && viewer && serverNow() >= refreshDue()) {
     refreshNow();
   }
 });
 
-// Another tab (or the playground) signed in or out.
+// Another console tab signed in or out.
 window.addEventListener('storage', (event) => {
   if (event.key !== TOKEN_KEY || event.newValue === token) return;
   if (!event.newValue) {
-    end('You signed out in another tab.');
+    end('Your session ended in another tab.');
     return;
   }
   token = event.newValue;
   viewer = null;
-  restore().then(changed, changed);
+  clearTimeout(refreshTimer);
+  verify().then(changed, changed);
 });

@@ -9,10 +9,12 @@
 
 use std::sync::LazyLock;
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use sha2::{Digest, Sha256};
+
+use crate::app::AppState;
 
 /// `connect-src 'self'` covers the page's own `ws:`/`wss:` origin too
 /// (CSP level 3, as every current browser implements it).
@@ -64,9 +66,19 @@ pub async fn to_console() -> Redirect {
     Redirect::to("/console/")
 }
 
-/// Any page address: the console's single HTML page.
-pub async fn page(headers: HeaderMap) -> Response {
-    serve(0, &headers)
+/// Any page address: the console's single HTML page. It says whether the
+/// playground is served, so the console links to it only then.
+pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if state.config.graphql.playground {
+        return serve(0, &headers);
+    }
+    let html = String::from_utf8_lossy(FILES[0].2)
+        .replace(r#"data-playground="on""#, r#"data-playground="off""#);
+    let mut response = ([(header::CONTENT_TYPE, FILES[0].1)], html).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    secure(h);
+    response
 }
 
 pub async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
@@ -162,5 +174,9 @@ mod tests {
             assert!(!html.contains(forbidden), "index.html holds {forbidden:?}");
         }
         assert!(html.contains(r#"<script type="module" src="/console/assets/app.js">"#));
+        assert!(
+            html.contains(r#"data-playground="on""#),
+            "the page handler rewrites it"
+        );
     }
 }

@@ -106,7 +106,8 @@ struct State {
     pending: HashMap<u64, oneshot::Sender<Value>>,
     problems: HashMap<String, Vec<String>>,
     download_dir: PathBuf,
-    downloads_begun: HashMap<String, PathBuf>,
+    /// guid → (the file as saved, the name the page gave it).
+    downloads_begun: HashMap<String, (PathBuf, PathBuf)>,
     downloads_done: VecDeque<Result<PathBuf, String>>,
     closed: bool,
 }
@@ -201,14 +202,21 @@ impl Conn {
                 ))
             }
             "Browser.downloadWillBegin" => {
-                let path = state.download_dir.join(str_of(&p["suggestedFilename"]));
-                state.downloads_begun.insert(p["guid"].to_string(), path);
+                // Saved under its guid (a name never taken before), then
+                // renamed to the name the page gave it once complete.
+                let saved = state.download_dir.join(str_of(&p["guid"]));
+                let named = state.download_dir.join(str_of(&p["suggestedFilename"]));
+                state
+                    .downloads_begun
+                    .insert(p["guid"].to_string(), (saved, named));
                 None
             }
             "Browser.downloadProgress" if p["state"] != "inProgress" => {
                 let begun = state.downloads_begun.remove(&p["guid"].to_string());
                 let done = match (begun, str_of(&p["state"])) {
-                    (Some(path), "completed") => Ok(path),
+                    (Some((saved, named)), "completed") => std::fs::rename(&saved, &named)
+                        .map(|()| named)
+                        .map_err(|e| format!("renaming download {saved:?}: {e}")),
                     (path, end) => Err(format!("download {path:?} ended as {end:?}")),
                 };
                 state.downloads_done.push_back(done);
@@ -579,8 +587,12 @@ impl Page {
         self.ready(selector, false).await;
         let (sel, txt) = (json!(selector), json!(text));
         let focused = self.eval(&Self::dom(format!("focusAll({sel})"))).await;
-        if focused[0] == "date" {
-            // Chromium cannot type into a date field; set it as the page's own script would.
+        if matches!(
+            focused[0].as_str(),
+            Some("date" | "datetime-local" | "time" | "month")
+        ) {
+            // Chromium cannot type into date and time fields; set them as the
+            // page's own script would.
             self.eval(&Self::dom(format!("setValue({sel}, {txt})")))
                 .await;
         } else {
@@ -664,7 +676,8 @@ impl Page {
     pub async fn allow_downloads(&self, dir: &Path) {
         create_dir(dir);
         self.conn.state().download_dir = dir.to_owned();
-        let params = json!({ "behavior": "allow", "downloadPath": dir, "eventsEnabled": true });
+        let params =
+            json!({ "behavior": "allowAndName", "downloadPath": dir, "eventsEnabled": true });
         self.conn
             .call(None, "Browser.setDownloadBehavior", params)
             .await;

@@ -1,7 +1,7 @@
 // The console's front page: the first admin page the viewer may open, or
 // a word on what the console is for.
 
-import { h } from '../dom.js';
+import { h, playground } from '../dom.js';
 import * as session from '../session.js';
 
 export const title = 'Console';
@@ -31,6 +31,8 @@ export function render(main, { navigate }) {
       { class: 'refusal', role: 'alert' },
       `Signed in as ${viewer.username || 'an anonymous session'}. The console's pages are for administrators, and this account is not one.`,
     ),
-    h('p', {}, 'The ', h('a', { href: '/graphiql' }, 'GraphiQL playground'), ' works for every account.'),
+    playground()
+      ? h('p', {}, 'The ', h('a', { href: '/graphiql' }, 'GraphiQL playground'), ' works for every account.')
+      : null,
   );
 }

@@ -3,7 +3,7 @@
 // events; stopping one after a confirmation.
 
 import { gql, subscribe } from '../api.js';
-import { h, replace, errorBox, selected } from '../dom.js';
+import { h, playground, replace, errorBox, selected } from '../dom.js';
 import { instant, shortId } from '../format.js';
 
 export const title = 'Instances';
@@ -58,6 +58,9 @@ export function render(main, { params, setParams }) {
   let chosenEvents = [];
   let closeUpdates = null;
   let generation = 0;
+  let arrivedDuringReload = null;
+  // Live events of the chosen instance that came while its list loaded.
+  let eventsDuringLoad = null;
   const errors = errorBox();
   const eventErrors = errorBox();
 
@@ -133,8 +136,10 @@ export function render(main, { params, setParams }) {
    * subscription's STOPPED, or a list taken just before) is dropped. */
   function remember(instance) {
     const known = instances.get(instance.id);
-    if (known && ENDED.has(known.status) && !ENDED.has(instance.status)) return;
+    if (known && ENDED.has(known.status) && !ENDED.has(instance.status)) return false;
+    if (known && JSON.stringify(known) === JSON.stringify(instance)) return false;
     instances.set(instance.id, instance);
+    return true;
   }
 
   function visible(instance) {
@@ -247,14 +252,22 @@ export function render(main, { params, setParams }) {
     draw();
     drawEvents();
     if (!id) return;
+    const live = [];
+    eventsDuringLoad = live;
     try {
       const data = await gql(EVENTS, { id });
       if (chosen !== id) return;
-      chosenEvents = data.instance ? data.instance.events : [];
+      const listed = data.instance ? data.instance.events : [];
+      const key = (e) => `${e.at} ${e.reason} ${e.message}`;
+      const seen = new Set(listed.map(key));
+      // Newest first, as the server lists them.
+      chosenEvents = [...live.filter((e) => !seen.has(key(e))).reverse(), ...listed];
       drawEvents();
       events.scrollIntoView({ block: 'nearest' });
     } catch (error) {
-      eventErrors.show(error);
+      if (chosen === id) eventErrors.show(error);
+    } finally {
+      if (eventsDuringLoad === live) eventsDuringLoad = null;
     }
   }
 
@@ -285,6 +298,10 @@ export function render(main, { params, setParams }) {
 
   async function reload() {
     const mine = ++generation;
+    // Changes that arrive while the list is on its way may be newer than
+    // it: they are put back on top of it.
+    const arrived = new Map();
+    arrivedDuringReload = arrived;
     errors.clear();
     try {
       const found = [];
@@ -303,6 +320,8 @@ export function render(main, { params, setParams }) {
         const known = previous.get(i.id);
         instances.set(i.id, known && ENDED.has(known.status) && !ENDED.has(i.status) ? known : i);
       }
+      for (const i of arrived.values()) remember(i);
+      if (arrivedDuringReload === arrived) arrivedDuringReload = null;
       truncated.hidden = !after;
       draw();
     } catch (error) {
@@ -334,12 +353,19 @@ export function render(main, { params, setParams }) {
             reload();
             return;
           }
-          if (update.instance) remember(update.instance);
+          let redraw = false;
+          if (update.instance) {
+            if (arrivedDuringReload) arrivedDuringReload.set(update.instance.id, update.instance);
+            redraw = remember(update.instance);
+          }
           if (update.kind === 'EVENT' && update.event && update.instance && update.instance.id === chosen) {
+            if (eventsDuringLoad) eventsDuringLoad.push(update.event);
             chosenEvents = [update.event, ...chosenEvents];
             drawEvents();
           }
-          draw();
+          // Redrawn only when something shown changed: an instance's output
+          // lines arrive as events many times a second.
+          if (redraw) draw();
         },
       },
     );
@@ -372,15 +398,18 @@ export function render(main, { params, setParams }) {
     notice,
     h('div', { class: 'table-wrap' }, table),
     truncated,
-    h('p', { class: 'hint' }, graphiql),
+    playground() ? h('p', { class: 'hint' }, graphiql) : null,
     events,
     dialog,
   );
 
+  // The chosen models first, so the filter holds even before (or without)
+  // the list of every model.
+  models.append(...view.models.map((id) => h('option', { value: id, selected: true }, id)));
   gql(MODELS)
     .then((data) => {
-      const chosenModels = new Set(view.models);
-      models.append(...data.models.map((m) => h('option', { value: m.id, selected: chosenModels.has(m.id) }, m.id)));
+      const chosenModels = new Set(selected(models));
+      replace(models, data.models.map((m) => h('option', { value: m.id, selected: chosenModels.has(m.id) }, m.id)));
     })
     .catch((error) => errors.show(error));
   writeView();

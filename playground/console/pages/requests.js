@@ -64,7 +64,8 @@ export function render(main, { params, setParams }) {
   function writeView() {
     const out = new URLSearchParams();
     for (const f of FIELDS) if (view[f]) out.set(f, view[f]);
-    if ((view.from || view.to) && view.timeZone !== localZone()) out.set('timeZone', view.timeZone);
+    // With dates, the zone they are in: a shared link means the same days.
+    if (view.from || view.to) out.set('timeZone', view.timeZone);
     if (view.size !== 50) out.set('size', view.size);
     setParams(out);
   }
@@ -210,10 +211,19 @@ export function render(main, { params, setParams }) {
     h('div', { class: 'pager' }, newer, where, older, size),
   );
 
+  // The chosen model first, so the filter holds even before (or without)
+  // the list of every model.
+  if (view.model) model.append(h('option', { value: view.model }, view.model));
+  model.value = view.model;
   gql(MODELS)
     .then((data) => {
-      model.append(...data.models.map((m) => h('option', { value: m.id }, m.enabled ? m.id : `${m.id} (disabled)`)));
-      model.value = view.model;
+      const current = model.value;
+      replace(
+        model,
+        h('option', { value: '' }, 'Every model'),
+        data.models.map((m) => h('option', { value: m.id }, m.enabled ? m.id : `${m.id} (disabled)`)),
+      );
+      model.value = current;
     })
     .catch((error) => errors.show(error));
   writeView();

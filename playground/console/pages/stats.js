@@ -53,6 +53,7 @@ function columns(groupBy, names) {
       label: 'User or session',
       value: (r) => r.principalId,
       show: (r) => names.get(r.principalId) || shortId(r.principalId),
+      sortValue: (r) => names.get(r.principalId) || r.principalId,
       title: (r) => r.principalId,
       text: true,
     },
@@ -142,7 +143,8 @@ function writeView(view) {
   if (view.authType) params.set('authType', view.authType);
   if (view.from) params.set('from', view.from);
   if (view.to) params.set('to', view.to);
-  if (view.timeZone !== localZone()) params.set('timeZone', view.timeZone);
+  // Always: a shared link shows the same days in another zone.
+  params.set('timeZone', view.timeZone);
   view.models.forEach((m) => params.append('model', m));
   view.users.forEach((u) => params.append('user', u));
   view.sessions.forEach((s) => params.append('session', s));
@@ -167,9 +169,10 @@ function sortRows(rows, cols, sort) {
   const desc = sort.startsWith('-');
   const col = cols.find((c) => c.key === sort.replace(/^-/, ''));
   if (!col) return rows;
+  const valueOf = col.sortValue || col.value;
   const sorted = rows.slice().sort((a, b) => {
-    const x = col.value(a);
-    const y = col.value(b);
+    const x = valueOf(a);
+    const y = valueOf(b);
     // Blanks last, whichever the direction.
     if (x === null || x === undefined) return y === null || y === undefined ? 0 : 1;
     if (y === null || y === undefined) return -1;
@@ -202,9 +205,19 @@ export function render(main, { params, setParams }) {
     { id: 'stats-zones' },
     (Intl.supportedValuesOf ? Intl.supportedValuesOf('timeZone') : []).map((z) => h('option', { value: z })),
   );
-  const models = h('select', { id: 'stats-models', multiple: true, size: 5 });
+  // The chosen models first, so the filter holds before the list loads.
+  const models = h(
+    'select',
+    { id: 'stats-models', multiple: true, size: 5 },
+    view.models.map((id) => h('option', { value: id, selected: true }, id)),
+  );
   const principalLabel = h('label', { for: 'stats-principals' });
-  const principals = h('select', { id: 'stats-principals', multiple: true, size: 5 });
+  const principals = h(
+    'select',
+    { id: 'stats-principals', multiple: true, size: 5 },
+    view.users.map((id) => h('option', { value: `user:${id}`, selected: true }, `user ${shortId(id)}`)),
+    view.sessions.map((id) => h('option', { value: `session:${id}`, selected: true }, `session ${shortId(id)}`)),
+  );
   const groups = DIMENSIONS.map(([d, label]) =>
     h(
       'label',
