@@ -81,10 +81,9 @@ function errorOf(body, status) {
   if (!first) return new ApiError(`The server answered ${status} without a result.`, { status });
   const ext = first.extensions || {};
   let message = first.message;
-  if (ext.fields) {
-    const parts = Object.entries(ext.fields).map(([field, rules]) => `${field}: ${[].concat(rules).join('; ')}`);
-    if (parts.length) message = `${message} (${parts.join(' · ')})`;
-  }
+  // Bad input names every field and rule it broke; those say it all.
+  const parts = Object.entries(ext.fields || {}).map(([field, rules]) => `${field}: ${[].concat(rules).join('; ')}`);
+  if (parts.length) message = parts.join(' · ');
   return new ApiError(message, { code: ext.code || null, fields: ext.fields || null, status });
 }
 

@@ -89,6 +89,8 @@ function renderChrome() {
       h('span', { class: 'viewer', title: viewer.email || '' }, viewer.username || 'anonymous session'),
       h('button', { type: 'button', id: 'signout', onclick: signOut }, 'Sign out'),
     );
+  } else if (pagePath() === '/signin') {
+    replace(who);
   } else {
     replace(who, h('a', { href: `${BASE}/signin`, 'data-nav': true }, 'Sign in'));
   }
@@ -168,7 +170,19 @@ menuButton.addEventListener('click', () => {
   menuButton.setAttribute('aria-expanded', String(open));
 });
 
+// The menu, opened over the page on a narrow screen, closes on Escape or
+// a click elsewhere.
+document.addEventListener('keydown', (event) => {
+  if (event.key === 'Escape' && sidebar.classList.contains('open')) {
+    closeMenu();
+    menuButton.focus();
+  }
+});
+
 document.addEventListener('click', (event) => {
+  if (sidebar.classList.contains('open') && !sidebar.contains(event.target) && !menuButton.contains(event.target)) {
+    closeMenu();
+  }
   const link = event.target.closest('a[data-nav]');
   if (!link || event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) {
     return;

@@ -342,7 +342,9 @@ db_test!(an_admin_filters_stats_sorts_them_and_downloads_what_is_shown, db => {
     let refused = app
         .gql_as(&token, STATS, json!({ "filter": { "from": to, "to": from } }))
         .await;
-    let message = refused["errors"][0]["message"].as_str().expect("a refusal").to_owned();
+    // The field and its rule, as the server words them.
+    let rule = refused["errors"][0]["extensions"]["fields"]["from"][0].as_str().expect("a refusal");
+    let message = format!("from: {rule}");
     page.wait_text("#main .error", &message).await;
     assert_eq!(page.eval("window.sawLoading").await, true);
     assert_eq!(page.eval("document.querySelectorAll('#stats-table tbody tr').length").await, 0);
@@ -455,6 +457,9 @@ db_test!(the_requests_page_filters_and_pages_without_private_data, db => {
     page.click("#menu-button").await;
     page.wait_for("getComputedStyle(document.getElementById('sidebar')).display !== 'none'", "the menu to open").await;
     page.screenshot(&screenshot_path("menu-phone", db)).await;
+    page.press("Escape").await;
+    page.wait_for("getComputedStyle(document.getElementById('sidebar')).display === 'none'", "Escape to close the menu").await;
+    page.click("#menu-button").await;
     page.click("#menu a[href='/console/stats']").await;
     page.wait_for("location.pathname === '/console/stats'", "the stats page from the menu").await;
     assert_eq!(page.eval("getComputedStyle(document.getElementById('sidebar')).display").await, "none");
@@ -488,18 +493,18 @@ db_test!(instances_appear_and_change_live_and_stop_from_the_console, db => {
         "the instance to become busy, live",
         240,
     ).await;
-    page.wait_text("#instances-table td.request", &request).await;
+    page.wait_for(&format!("document.querySelector('#instances-table td[data-request=\"{request}\"]') !== null"), "the request on its instance").await;
     // Filters: by status, then by start time.
     page.select("#instances-statuses", &["READY"]).await;
     page.wait_text("#instances-table", "No instance matches").await;
     page.select("#instances-statuses", &["BUSY", "READY"]).await;
-    page.wait_text("#instances-table td.request", &request).await;
+    page.wait_for(&format!("document.querySelector('#instances-table td[data-request=\"{request}\"]') !== null"), "the request on its instance").await;
     page.fill("#instances-from", "2099-01-01T00:00").await;
     page.wait_text("#instances-table", "No instance matches").await;
     assert!(page.eval("location.search").await.as_str().expect("search").contains("startedFrom=2099"));
     page.fill("#instances-from", "").await;
     page.select("#instances-statuses", &[]).await;
-    page.wait_text("#instances-table td.request", &request).await;
+    page.wait_for(&format!("document.querySelector('#instances-table td[data-request=\"{request}\"]') !== null"), "the request on its instance").await;
     let id = page
         .eval("document.querySelector('#instances-table tbody tr[data-id]').dataset.id")
         .await
@@ -524,7 +529,7 @@ db_test!(instances_appear_and_change_live_and_stop_from_the_console, db => {
     page.click("#instances-table .events-button").await;
     page.wait_text("#instance-events", "Assigned request").await;
     page.wait_text("#instance-events li.warning", "<b>not bold</b>").await;
-    let raw = page.eval("document.querySelector('#instance-events li.warning pre').textContent").await;
+    let raw = page.eval("document.querySelector('#instance-events li.warning details.raw pre').textContent").await;
     let raw: Value = serde_json::from_str(raw.as_str().expect("raw text")).expect("raw JSON");
     assert_eq!(raw, json!({ "kind": "Event", "note": "<img src=x>" }));
     assert_eq!(page.eval("document.querySelectorAll('#instance-events b, #instance-events img').length").await, 0);

@@ -35,6 +35,23 @@ function toInstant(local) {
   return t && !Number.isNaN(t.getTime()) ? t.toISOString() : null;
 }
 
+/**
+ * An event's message as a person reads it. A model server's structured log
+ * line (JSON with `fields.message`, as Cog's is) shows its level and
+ * message; the whole line stays one click away.
+ */
+function readable(message) {
+  if (!message.startsWith('{')) return { text: message, line: null };
+  try {
+    const parsed = JSON.parse(message);
+    const text = parsed && parsed.fields && parsed.fields.message;
+    if (typeof text !== 'string') return { text: message, line: null };
+    return { text: parsed.level ? `${parsed.level} ${text}` : text, line: parsed };
+  } catch {
+    return { text: message, line: null };
+  }
+}
+
 /** A status detail in one line: the parts an operator reads first. */
 function detailText(detail) {
   if (detail === null || detail === undefined) return '';
@@ -147,6 +164,49 @@ export function render(main, { params, setParams }) {
     return view.statuses.length === 0 || view.statuses.includes(instance.status);
   }
 
+  function actions(i) {
+    return h(
+      'td',
+      { class: 'actions' },
+      h(
+        'div',
+        { class: 'buttons' },
+        h('button', { type: 'button', class: 'events-button', onclick: () => choose(i.id) }, 'Events'),
+        h(
+          'button',
+          {
+            type: 'button',
+            class: 'stop-button danger',
+            disabled: ENDED.has(i.status) || i.status === 'STOPPING',
+            onclick: () => askStop(i),
+          },
+          'Stop',
+        ),
+      ),
+    );
+  }
+
+  function row(i) {
+    const detail = detailText(i.statusDetail);
+    return h(
+      'tr',
+      { dataset: { id: i.id, status: i.status }, class: chosen === i.id ? 'chosen' : null },
+      // The buttons come first, so a wide row never hides them.
+      actions(i),
+      h('td', { class: 'text' }, i.modelId),
+      h('td', { class: 'text' }, instant(i.startedAt)),
+      h('td', { class: 'text' }, h('span', { class: `status ${i.status.toLowerCase()}` }, i.status.toLowerCase())),
+      h(
+        'td',
+        { class: 'text detail', title: [detail, i.stopReason].filter(Boolean).join(' · ') },
+        [detail, i.stopReason ? ` (${i.stopReason})` : ''].join(''),
+      ),
+      h('td', { class: 'text mono request', title: i.requestId || '', dataset: { request: i.requestId || '' } }, shortId(i.requestId)),
+      h('td', { class: 'text mono' }, `${i.backend} ${i.handle || ''}`),
+      h('td', { class: 'text mono', title: i.id }, shortId(i.id)),
+    );
+  }
+
   function draw() {
     const rows = Array.from(instances.values())
       .filter(visible)
@@ -157,51 +217,14 @@ export function render(main, { params, setParams }) {
       h(
         'tr',
         {},
-        ['Model', 'Started', 'Status', 'Detail', 'Request', 'Handle', 'Id'].map((c) => h('th', { scope: 'col', class: 'text' }, c)),
         h('th', { scope: 'col' }, h('span', { class: 'visually-hidden' }, 'Actions')),
+        ['Model', 'Started', 'Status', 'Detail', 'Request', 'Handle', 'Id'].map((c) => h('th', { scope: 'col', class: 'text' }, c)),
       ),
     );
     const body = h(
       'tbody',
       {},
-      rows.length === 0
-        ? h('tr', {}, h('td', { colspan: 8, class: 'empty' }, 'No instance matches.'))
-        : rows.map((i) =>
-            h(
-              'tr',
-              { dataset: { id: i.id, status: i.status }, class: chosen === i.id ? 'chosen' : null },
-              h('td', { class: 'text' }, i.modelId),
-              h('td', { class: 'text' }, instant(i.startedAt)),
-              h('td', { class: 'text' }, h('span', { class: `status ${i.status.toLowerCase()}` }, i.status.toLowerCase())),
-              h(
-                'td',
-                { class: 'text detail', title: i.statusDetail ? JSON.stringify(i.statusDetail) : '' },
-                [detailText(i.statusDetail), i.stopReason ? ` (${i.stopReason})` : ''].join(''),
-              ),
-              h('td', { class: 'text mono request', title: i.requestId || '' }, i.requestId || '—'),
-              h('td', { class: 'text mono' }, `${i.backend} ${i.handle || ''}`),
-              h('td', { class: 'text mono', title: i.id }, shortId(i.id)),
-              h(
-                'td',
-                { class: 'actions' },
-                h(
-                  'div',
-                  { class: 'buttons' },
-                  h('button', { type: 'button', class: 'events-button', onclick: () => choose(i.id) }, 'Events'),
-                h(
-                  'button',
-                  {
-                    type: 'button',
-                    class: 'stop-button danger',
-                    disabled: ENDED.has(i.status) || i.status === 'STOPPING',
-                    onclick: () => askStop(i),
-                  },
-                  'Stop',
-                ),
-                ),
-              ),
-            ),
-          ),
+      rows.length === 0 ? h('tr', {}, h('td', { colspan: 8, class: 'empty' }, 'No instance matches.')) : rows.map(row),
     );
     replace(table, head, body);
   }
@@ -227,20 +250,22 @@ export function render(main, { params, setParams }) {
         : h(
             'ol',
             { class: 'event-list' },
-            chosenEvents.map((e) =>
-              h(
+            chosenEvents.map((e) => {
+              const { text, line } = readable(e.message);
+              return h(
                 'li',
                 { class: e.type === 'WARNING' ? 'warning' : null },
                 h('span', { class: 'when' }, instant(e.at)),
                 ' ',
                 h('strong', {}, e.reason),
                 ' ',
-                h('span', {}, e.message),
+                h('span', {}, text),
+                line ? h('details', {}, h('summary', {}, 'log line'), h('pre', {}, JSON.stringify(line, null, 2))) : null,
                 e.raw === null || e.raw === undefined
                   ? null
-                  : h('details', {}, h('summary', {}, 'raw'), h('pre', {}, JSON.stringify(e.raw, null, 2))),
-              ),
-            ),
+                  : h('details', { class: 'raw' }, h('summary', {}, 'raw event'), h('pre', {}, JSON.stringify(e.raw, null, 2))),
+              );
+            }),
           ),
     );
   }
@@ -286,7 +311,9 @@ export function render(main, { params, setParams }) {
         const data = await gql(STOP, { id: instance.id, reason: reason.value.trim() || null });
         const payload = data.stopInstance;
         remember(payload.instance);
-        notice.textContent = payload.message;
+        notice.textContent = `Instance ${shortId(instance.id)} of ${instance.modelId}: ${payload.message}${
+          payload.alreadyStopped ? '' : '. A request it ran goes back to the queue.'
+        }`;
         notice.hidden = false;
         draw();
       } catch (error) {
@@ -378,6 +405,13 @@ export function render(main, { params, setParams }) {
     view.startedTo = startedTo.value;
     view.stopped = stopped.checked;
     writeView();
+    if (view.startedFrom && view.startedTo && view.startedFrom > view.startedTo) {
+      closeUpdates();
+      instances.clear();
+      draw();
+      errors.show('"Started from" is after "Started to": no instance can match.');
+      return;
+    }
     listen();
     reload();
   }
