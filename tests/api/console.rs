@@ -40,6 +40,30 @@ async fn screenshots(page: &Page, name: &str, db: Db) {
     page.set_viewport(Viewport::DESKTOP).await;
 }
 
+/// Stores `count` random requests (see `stats.rs`) from `users` and
+/// `sessions` on the models of [`MODELS`], one every `every_minutes`
+/// going back from now.
+async fn seed_requests(
+    app: &TestApp,
+    count: i64,
+    every_minutes: i64,
+    users: &[Uuid],
+    sessions: &[Uuid],
+) {
+    let mut rng = StdRng::seed_from_u64(crate::stats::seed());
+    let now = Utc::now();
+    let requests: Vec<_> = (0..count)
+        .map(|i| {
+            let at = now - TimeDelta::minutes(i * every_minutes);
+            random_request(&mut rng, at, users, sessions)
+        })
+        .collect();
+    work_request::Entity::insert_many(requests.iter().map(|r| r.row()))
+        .exec(&app.state.db)
+        .await
+        .expect("seeded");
+}
+
 /// Signs in through the form, starting from `path`.
 async fn sign_in(page: &Page, app: &TestApp, path: &str, login: &str) {
     page.goto(&app.url(path)).await;
@@ -214,15 +238,8 @@ db_test!(an_admin_filters_stats_sorts_them_and_downloads_what_is_shown, db => {
     let alice = user_id(&app, &app.signup("alice").await).await;
     let bob = user_id(&app, &app.signup("bob").await).await;
     let sessions: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
-    let mut rng = StdRng::seed_from_u64(crate::stats::seed());
     let now = Utc::now();
-    let requests: Vec<_> = (0..300)
-        .map(|i| random_request(&mut rng, now - TimeDelta::minutes(i * 137), &[alice, bob], &sessions))
-        .collect();
-    work_request::Entity::insert_many(requests.iter().map(|r| r.row()))
-        .exec(&app.state.db)
-        .await
-        .expect("seeded");
+    seed_requests(&app, 300, 137, &[alice, bob], &sessions).await;
 
     let browser = Browser::launch().await;
     let page = browser.page(Viewport::DESKTOP).await;
@@ -404,15 +421,7 @@ db_test!(the_requests_page_filters_and_pages_without_private_data, db => {
     idle_models(&app, &MODELS).await;
     let alice = user_id(&app, &app.signup("alice").await).await;
     let sessions: Vec<Uuid> = (0..2).map(|_| Uuid::new_v4()).collect();
-    let mut rng = StdRng::seed_from_u64(crate::stats::seed());
-    let now = Utc::now();
-    let requests: Vec<_> = (0..60)
-        .map(|i| random_request(&mut rng, now - TimeDelta::minutes(i * 7), &[alice], &sessions))
-        .collect();
-    work_request::Entity::insert_many(requests.iter().map(|r| r.row()))
-        .exec(&app.state.db)
-        .await
-        .expect("seeded");
+    seed_requests(&app, 60, 7, &[alice], &sessions).await;
     let browser = Browser::launch().await;
     let page = browser.page(Viewport::DESKTOP).await;
     sign_in(&page, &app, "/console/requests?size=25", "root").await;

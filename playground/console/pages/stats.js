@@ -93,32 +93,25 @@ function columns(groupBy, names) {
       });
     }
   }
-  cols.push(
-    {
-      key: 'jobTimeP50Ms',
+  for (const p of ['50', '95']) {
+    const key = `jobTimeP${p}Ms`;
+    cols.push({
+      key,
       group: 'Job time percentiles',
-      label: 'p50',
-      value: (r) => r.jobTimeP50Ms,
-      show: (r) => duration(r.jobTimeP50Ms),
+      label: `p${p}`,
+      value: (r) => r[key],
+      show: (r) => duration(r[key]),
       hint: 'PostgreSQL only, over requests not yet rolled up',
-    },
-    {
-      key: 'jobTimeP95Ms',
-      group: 'Job time percentiles',
-      label: 'p95',
-      value: (r) => r.jobTimeP95Ms,
-      show: (r) => duration(r.jobTimeP95Ms),
-      hint: 'PostgreSQL only, over requests not yet rolled up',
-    },
-    {
-      key: 'rolledUpCount',
-      group: 'Retention',
-      label: 'Rolled up',
-      value: (r) => r.rolledUpCount,
-      show: (r) => count(r.rolledUpCount),
-      hint: 'Requests counted from the rollup of purged ones',
-    },
-  );
+    });
+  }
+  cols.push({
+    key: 'rolledUpCount',
+    group: 'Retention',
+    label: 'Rolled up',
+    value: (r) => r.rolledUpCount,
+    show: (r) => count(r.rolledUpCount),
+    hint: 'Requests counted from the rollup of purged ones',
+  });
   return cols;
 }
 
