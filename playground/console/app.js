@@ -205,7 +205,8 @@ session.onChange((viewer) => {
   }
   // A refresh changes nothing on screen; a new viewer or new permissions
   // (another tab signed in, roles changed) draw the page again.
-  if (drawnFor !== null && drawnFor !== viewerKey(viewer)) route();
+  // (The sign-in page moves on by itself.)
+  if (drawnFor !== null && drawnFor !== viewerKey(viewer) && pagePath() !== '/signin') route();
   else renderChrome();
 });
 

@@ -64,3 +64,22 @@ export function selected(select) {
 export function playground() {
   return document.documentElement.dataset.playground === 'on';
 }
+
+/**
+ * A page's filters, folded away under "Filters" on a narrow screen (where
+ * they would fill it) and open elsewhere. Changes apply as they are made.
+ */
+export function filters(...fields) {
+  const narrow = window.matchMedia('(max-width: 760px)');
+  const box = h(
+    'details',
+    { class: 'filter-box', open: !narrow.matches },
+    h('summary', {}, 'Filters'),
+    h('form', { class: 'filters', onsubmit: (e) => e.preventDefault() }, fields),
+  );
+  // A window widened past the narrow layout has no summary to click.
+  narrow.addEventListener('change', (e) => {
+    if (!e.matches) box.open = true;
+  });
+  return box;
+}

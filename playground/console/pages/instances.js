@@ -3,7 +3,7 @@
 // events; stopping one after a confirmation.
 
 import { gql, subscribe } from '../api.js';
-import { h, playground, replace, errorBox, selected } from '../dom.js';
+import { h, playground, replace, errorBox, selected, filters } from '../dom.js';
 import { instant, shortId } from '../format.js';
 
 export const title = 'Instances';
@@ -419,9 +419,7 @@ export function render(main, { params, setParams }) {
 
   main.append(
     h('h1', {}, 'Instances ', live),
-    h(
-      'form',
-      { class: 'filters', onsubmit: (e) => e.preventDefault() },
+    filters(
       h('div', { class: 'field' }, h('label', { for: 'instances-models' }, 'Models'), models),
       h('div', { class: 'field' }, h('label', { for: 'instances-statuses' }, 'Statuses'), statuses),
       h('div', { class: 'field' }, h('label', { for: 'instances-from' }, 'Started from'), startedFrom),

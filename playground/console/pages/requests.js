@@ -2,7 +2,7 @@
 // errors or logs), filtered and paged. The filter lives in the URL.
 
 import { gql } from '../api.js';
-import { h, replace, errorBox } from '../dom.js';
+import { h, replace, errorBox, filters } from '../dom.js';
 import { duration, instant, localZone, shortId } from '../format.js';
 
 export const title = 'Requests';
@@ -195,9 +195,7 @@ export function render(main, { params, setParams }) {
 
   main.append(
     h('h1', {}, 'Requests'),
-    h(
-      'form',
-      { class: 'filters', onsubmit: (e) => e.preventDefault() },
+    filters(
       h('div', { class: 'field' }, h('label', { for: 'requests-user' }, 'User id'), user),
       h('div', { class: 'field' }, h('label', { for: 'requests-session' }, 'Anonymous session id'), session),
       h('div', { class: 'field' }, h('label', { for: 'requests-model' }, 'Model'), model),

@@ -2,7 +2,7 @@
 // kept in the URL, and a CSV of exactly the rows and order on screen.
 
 import { gql, saveBlob } from '../api.js';
-import { h, replace, errorBox, selected } from '../dom.js';
+import { h, replace, errorBox, selected, filters } from '../dom.js';
 import { count, csvLine, duration, localZone, shortId } from '../format.js';
 
 export const title = 'Stats';
@@ -404,9 +404,7 @@ export function render(main, { params, setParams }) {
 
   main.append(
     h('h1', {}, 'Stats'),
-    h(
-      'form',
-      { class: 'filters', onsubmit: (e) => e.preventDefault() },
+    filters(
       h('div', { class: 'field' }, h('label', { for: 'stats-auth' }, 'Who'), auth),
       h('div', { class: 'field' }, h('label', { for: 'stats-from' }, 'From'), from),
       h('div', { class: 'field' }, h('label', { for: 'stats-to' }, 'To'), to),
