@@ -1,0 +1,997 @@
+//! A small simulated Kubernetes API server, for modelfleet's tests and
+//! benchmarks: no cluster runs on the development machine, so the real
+//! kube-rs client talks to this over HTTP on 127.0.0.1.
+//!
+//! It stays small and honest: it keeps objects as JSON and imitates the
+//! API behaviour that kube-rs relies on, nothing more.
+//!
+//! ```text
+//!   kube::Client ──HTTP──▶ axum router ──▶ Store (objects, history, rv)
+//!                                           │
+//!                                           └─▶ broadcast ──▶ open watches
+//! ```
+//!
+//! What it does, as the API server does:
+//! - one global `resourceVersion`, raised by every write and set on every
+//!   object it returns;
+//! - list (with a list `resourceVersion`), get, create (`409` when the name
+//!   is taken; `generateName`), delete, and JSON merge patch (RFC 7386);
+//! - label selectors of the `k=v`, `k!=v`, `k` and `!k` forms;
+//! - watches as newline-delimited JSON events: everything after the asked
+//!   version, then live changes, bookmarks when asked for, closed after
+//!   `timeoutSeconds`; a version older than the kept history gets an
+//!   in-stream `ERROR` event with a `410 Gone` Status, so the client lists
+//!   again;
+//! - errors as `Status` objects with the usual reasons.
+//!
+//! What it does not do: authentication, field selectors, server-side apply,
+//! strategic merge patches, graceful deletion (a delete removes the object
+//! at once), or admission of any kind. The resources it serves are listed in
+//! [`Resource::ALL`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast;
+
+/// A kind of object the simulator serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Resource {
+    /// `""` for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    /// The plural used in paths: `pods`.
+    pub plural: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+}
+
+impl Resource {
+    pub const POD: Resource = Resource::core("pods", "Pod", true);
+    pub const EVENT: Resource = Resource::core("events", "Event", true);
+    pub const NODE: Resource = Resource::core("nodes", "Node", false);
+    pub const LEASE: Resource = Resource {
+        group: "coordination.k8s.io",
+        version: "v1",
+        plural: "leases",
+        kind: "Lease",
+        namespaced: true,
+    };
+    pub const ALL: [Resource; 4] = [Self::POD, Self::EVENT, Self::NODE, Self::LEASE];
+
+    const fn core(plural: &'static str, kind: &'static str, namespaced: bool) -> Resource {
+        Resource {
+            group: "",
+            version: "v1",
+            plural,
+            kind,
+            namespaced,
+        }
+    }
+
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    fn find(group: &str, version: &str, plural: &str) -> Option<Resource> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.group == group && r.version == version && r.plural == plural)
+    }
+}
+
+/// Where an object lives: its kind, namespace (empty when cluster-scoped)
+/// and name.
+type Key = (Resource, String, String);
+
+/// One change, as a watch reports it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub rv: u64,
+    pub resource: Resource,
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub kind: &'static str,
+    pub object: Value,
+}
+
+struct Inner {
+    rv: u64,
+    objects: BTreeMap<Key, Value>,
+    /// Changes since `oldest_kept`, oldest first.
+    history: VecDeque<Change>,
+    /// The first version whose changes are still kept: a watch from an
+    /// older version gets `410 Gone`.
+    oldest_kept: u64,
+    history_limit: usize,
+}
+
+/// The simulated API server's state. Cheap to clone; every clone is the
+/// same store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Mutex<Inner>>,
+    changes: broadcast::Sender<Change>,
+    calls: Arc<Mutex<BTreeMap<String, u64>>>,
+    gate: Arc<Gate>,
+}
+
+/// Lets a test cut the network between the API server and its watchers.
+struct Gate {
+    held: std::sync::atomic::AtomicBool,
+    opened: tokio::sync::Notify,
+    /// Raised when every open watch is cut.
+    epoch: tokio::sync::watch::Sender<u64>,
+}
+
+impl Gate {
+    /// Waits while watches are held. False when the watch begun at `epoch`
+    /// has been cut meanwhile.
+    async fn pass(&self, epoch: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        loop {
+            let opened = self.opened.notified();
+            if !self.held.load(Ordering::SeqCst) {
+                return *self.epoch.borrow() == epoch;
+            }
+            opened.await;
+        }
+    }
+}
+
+/// While this lives, watches deliver nothing and new ones wait, as across a
+/// network partition. Dropping it cuts every watch that was open, so
+/// clients reconnect from the last version they saw.
+pub struct Partition {
+    gate: Arc<Gate>,
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.gate.epoch.send_modify(|e| *e += 1);
+        self.gate
+            .held
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.gate.opened.notify_waiters();
+    }
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store {
+            inner: Arc::new(Mutex::new(Inner {
+                rv: 1,
+                objects: BTreeMap::new(),
+                history: VecDeque::new(),
+                oldest_kept: 1,
+                history_limit: 10_000,
+            })),
+            changes: broadcast::channel(65_536).0,
+            calls: Arc::default(),
+            gate: Arc::new(Gate {
+                held: false.into(),
+                opened: tokio::sync::Notify::new(),
+                epoch: tokio::sync::watch::channel(0).0,
+            }),
+        }
+    }
+
+    /// Holds every watch until the returned value is dropped (see
+    /// [`Partition`]).
+    pub fn partition(&self) -> Partition {
+        self.gate
+            .held
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Partition {
+            gate: self.gate.clone(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data: every
+        // write is complete before the lock is released.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current global resource version.
+    pub fn resource_version(&self) -> u64 {
+        self.lock().rv
+    }
+
+    /// Forgets every change kept so far, as etcd compaction does: a watch
+    /// from any version before now gets `410 Gone`.
+    pub fn compact(&self) {
+        let mut inner = self.lock();
+        inner.history.clear();
+        inner.oldest_kept = inner.rv + 1;
+    }
+
+    /// API calls made so far, by `METHOD plural` (`GET pods`, `WATCH pods`).
+    pub fn calls(&self) -> BTreeMap<String, u64> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn count(&self, what: String) {
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(what)
+            .or_default() += 1;
+    }
+
+    /// The object, as stored.
+    pub fn get(&self, resource: Resource, namespace: &str, name: &str) -> Option<Value> {
+        let key = (resource, scope(resource, namespace), name.to_owned());
+        self.lock().objects.get(&key).cloned()
+    }
+
+    /// Every object of a kind (in `namespace`, or all with `None`).
+    pub fn list(&self, resource: Resource, namespace: Option<&str>) -> Vec<Value> {
+        self.lock()
+            .objects
+            .iter()
+            .filter(|((r, ns, _), _)| *r == resource && namespace.is_none_or(|n| n == ns))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Stores a new object, as `POST` does. `generateName` is honoured.
+    pub fn create(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        mut object: Value,
+    ) -> Result<Value, ApiError> {
+        let mut inner = self.lock();
+        let meta = metadata(&mut object);
+        let name = match meta.get("name").and_then(Value::as_str) {
+            Some(name) if !name.is_empty() => name.to_owned(),
+            _ => match meta.get("generateName").and_then(Value::as_str) {
+                Some(prefix) => {
+                    let suffix = uuid::Uuid::new_v4().simple().to_string();
+                    format!("{prefix}{}", &suffix[..5])
+                }
+                None => return Err(ApiError::invalid("metadata.name: Required value")),
+            },
+        };
+        let ns = scope(resource, namespace);
+        let key = (resource, ns.clone(), name.clone());
+        if inner.objects.contains_key(&key) {
+            return Err(ApiError::already_exists(resource, &name));
+        }
+        meta.insert("name".into(), json!(name));
+        if resource.namespaced {
+            meta.insert("namespace".into(), json!(ns));
+        }
+        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert(
+            "creationTimestamp".into(),
+            json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        );
+        let object = inner.commit(&self.changes, key, object, "ADDED");
+        Ok(object)
+    }
+
+    /// Changes an object with `change`, as a controller or kubelet writing
+    /// status does; `MODIFIED` goes to watchers.
+    pub fn update(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        name: &str,
+        change: impl FnOnce(&mut Value),
+    ) -> Result<Value, ApiError> {
+        let mut inner = self.lock();
+        let key = (resource, scope(resource, namespace), name.to_owned());
+        let Some(mut object) = inner.objects.get(&key).cloned() else {
+            return Err(ApiError::not_found(resource, name));
+        };
+        change(&mut object);
+        Ok(inner.commit(&self.changes, key, object, "MODIFIED"))
+    }
+
+    /// Applies a JSON merge patch (RFC 7386).
+    pub fn merge_patch(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<Value, ApiError> {
+        self.update(resource, namespace, name, |object| {
+            merge(object, patch);
+        })
+    }
+
+    /// Removes an object; watchers get `DELETED` with its last state.
+    pub fn delete(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        let mut inner = self.lock();
+        let key = (resource, scope(resource, namespace), name.to_owned());
+        let Some(object) = inner.objects.remove(&key) else {
+            return Err(ApiError::not_found(resource, name));
+        };
+        inner.rv += 1;
+        let mut object = object;
+        set_rv(&mut object, inner.rv);
+        let change = Change {
+            rv: inner.rv,
+            resource,
+            kind: "DELETED",
+            object: object.clone(),
+        };
+        inner.remember(change.clone());
+        let _ = self.changes.send(change);
+        Ok(object)
+    }
+
+    /// The router serving this store.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/api/{version}/{plural}", get(collection).post(create))
+            .route(
+                "/api/{version}/{plural}/{name}",
+                get(item).delete(item).patch(item),
+            )
+            .route(
+                "/api/{version}/namespaces/{ns}/{plural}",
+                get(collection_ns).post(create_ns),
+            )
+            .route(
+                "/api/{version}/namespaces/{ns}/{plural}/{name}",
+                get(item_ns).delete(item_ns).patch(item_ns),
+            )
+            .route("/apis/{group}/{version}/{plural}", get(group_collection))
+            .route(
+                "/apis/{group}/{version}/namespaces/{ns}/{plural}",
+                get(group_collection_ns).post(group_create_ns),
+            )
+            .route(
+                "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}",
+                get(group_item_ns)
+                    .delete(group_item_ns)
+                    .patch(group_item_ns),
+            )
+            .with_state(self.clone())
+    }
+
+    /// Serves the store on 127.0.0.1 at a free port until dropped.
+    pub async fn serve(&self) -> Server {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("a free port on 127.0.0.1");
+        let addr = listener.local_addr().expect("bound address");
+        let router = self.router();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Server { addr, task }
+    }
+}
+
+impl Inner {
+    /// Stores `object` at a new version and tells watchers.
+    fn commit(
+        &mut self,
+        changes: &broadcast::Sender<Change>,
+        key: Key,
+        mut object: Value,
+        kind: &'static str,
+    ) -> Value {
+        self.rv += 1;
+        set_rv(&mut object, self.rv);
+        let change = Change {
+            rv: self.rv,
+            resource: key.0,
+            kind,
+            object: object.clone(),
+        };
+        self.objects.insert(key, object.clone());
+        self.remember(change.clone());
+        // Sent under the lock, so that a watch that took its snapshot under
+        // the same lock sees every later change exactly once.
+        let _ = changes.send(change);
+        object
+    }
+
+    fn remember(&mut self, change: Change) {
+        self.history.push_back(change);
+        while self.history.len() > self.history_limit {
+            if let Some(dropped) = self.history.pop_front() {
+                self.oldest_kept = dropped.rv + 1;
+            }
+        }
+    }
+}
+
+/// The simulated API server, listening until dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn scope(resource: Resource, namespace: &str) -> String {
+    if resource.namespaced {
+        namespace.to_owned()
+    } else {
+        String::new()
+    }
+}
+
+fn metadata(object: &mut Value) -> &mut Map<String, Value> {
+    if !object.is_object() {
+        *object = json!({});
+    }
+    let map = object.as_object_mut().expect("an object");
+    let meta = map.entry("metadata").or_insert_with(|| json!({}));
+    if !meta.is_object() {
+        *meta = json!({});
+    }
+    meta.as_object_mut().expect("an object")
+}
+
+fn set_rv(object: &mut Value, rv: u64) {
+    metadata(object).insert("resourceVersion".into(), json!(rv.to_string()));
+}
+
+/// RFC 7386: objects merge key by key, `null` removes, anything else
+/// replaces.
+pub fn merge(target: &mut Value, patch: &Value) {
+    let Some(patch) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let target = target.as_object_mut().expect("an object");
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+/// A refusal, answered as a `Status` object.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn not_found(resource: Resource, name: &str) -> ApiError {
+        ApiError {
+            code: 404,
+            reason: "NotFound",
+            message: format!("{} \"{name}\" not found", resource.plural),
+        }
+    }
+
+    pub fn already_exists(resource: Resource, name: &str) -> ApiError {
+        ApiError {
+            code: 409,
+            reason: "AlreadyExists",
+            message: format!("{} \"{name}\" already exists", resource.plural),
+        }
+    }
+
+    pub fn invalid(message: &str) -> ApiError {
+        ApiError {
+            code: 422,
+            reason: "Invalid",
+            message: message.to_owned(),
+        }
+    }
+
+    fn gone(rv: u64) -> ApiError {
+        ApiError {
+            code: 410,
+            reason: "Expired",
+            message: format!("too old resource version: {rv}"),
+        }
+    }
+
+    fn status(&self) -> Value {
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": self.message, "reason": self.reason, "code": self.code,
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (code, axum::Json(self.status())).into_response()
+    }
+}
+
+/// A label selector: every term must hold.
+#[derive(Debug, Default, Clone)]
+struct Selector(Vec<(String, Term)>);
+
+#[derive(Debug, Clone)]
+enum Term {
+    Equals(String),
+    NotEquals(String),
+    Exists,
+    Absent,
+}
+
+impl Selector {
+    fn parse(text: &str) -> Result<Selector, ApiError> {
+        let mut terms = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let term = if let Some((k, v)) = part.split_once("!=") {
+                (k.trim().to_owned(), Term::NotEquals(v.trim().to_owned()))
+            } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+                (k.trim().to_owned(), Term::Equals(v.trim().to_owned()))
+            } else if let Some(k) = part.strip_prefix('!') {
+                (k.trim().to_owned(), Term::Absent)
+            } else if part.contains(' ') || part.contains('(') {
+                return Err(ApiError::invalid(&format!(
+                    "unsupported label selector term {part:?} (the simulator takes k=v, k!=v, k and !k)"
+                )));
+            } else {
+                (part.to_owned(), Term::Exists)
+            };
+            terms.push(term);
+        }
+        Ok(Selector(terms))
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        let labels = &object["metadata"]["labels"];
+        self.0.iter().all(|(key, term)| {
+            let value = labels.get(key).and_then(Value::as_str);
+            match term {
+                Term::Equals(v) => value == Some(v.as_str()),
+                Term::NotEquals(v) => value != Some(v.as_str()),
+                Term::Exists => value.is_some(),
+                Term::Absent => value.is_none(),
+            }
+        })
+    }
+}
+
+type Params = Query<BTreeMap<String, String>>;
+
+async fn collection(s: State<Store>, Path((v, p)): Path<(String, String)>, q: Params) -> Response {
+    list_or_watch(s, "", &v, &p, None, q).await
+}
+async fn collection_ns(
+    s: State<Store>,
+    Path((v, ns, p)): Path<(String, String, String)>,
+    q: Params,
+) -> Response {
+    list_or_watch(s, "", &v, &p, Some(ns), q).await
+}
+async fn group_collection(
+    s: State<Store>,
+    Path((g, v, p)): Path<(String, String, String)>,
+    q: Params,
+) -> Response {
+    list_or_watch(s, &g, &v, &p, None, q).await
+}
+async fn group_collection_ns(
+    s: State<Store>,
+    Path((g, v, ns, p)): Path<(String, String, String, String)>,
+    q: Params,
+) -> Response {
+    list_or_watch(s, &g, &v, &p, Some(ns), q).await
+}
+async fn create(s: State<Store>, Path((v, p)): Path<(String, String)>, body: Bytes) -> Response {
+    create_in(s, "", &v, &p, "", body)
+}
+async fn create_ns(
+    s: State<Store>,
+    Path((v, ns, p)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    create_in(s, "", &v, &p, &ns, body)
+}
+async fn group_create_ns(
+    s: State<Store>,
+    Path((g, v, ns, p)): Path<(String, String, String, String)>,
+    body: Bytes,
+) -> Response {
+    create_in(s, &g, &v, &p, &ns, body)
+}
+async fn item(
+    s: State<Store>,
+    method: Method,
+    headers: HeaderMap,
+    Path((v, p, name)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    one(s, method, headers, "", &v, &p, "", &name, body)
+}
+async fn item_ns(
+    s: State<Store>,
+    method: Method,
+    headers: HeaderMap,
+    Path((v, ns, p, name)): Path<(String, String, String, String)>,
+    body: Bytes,
+) -> Response {
+    one(s, method, headers, "", &v, &p, &ns, &name, body)
+}
+async fn group_item_ns(
+    s: State<Store>,
+    method: Method,
+    headers: HeaderMap,
+    Path((g, v, ns, p, name)): Path<(String, String, String, String, String)>,
+    body: Bytes,
+) -> Response {
+    one(s, method, headers, &g, &v, &p, &ns, &name, body)
+}
+
+fn resource(group: &str, version: &str, plural: &str) -> Result<Resource, ApiError> {
+    Resource::find(group, version, plural).ok_or(ApiError {
+        code: 404,
+        reason: "NotFound",
+        message: format!(
+            "the server could not find the requested resource ({group}/{version} {plural})"
+        ),
+    })
+}
+
+fn create_in(
+    State(store): State<Store>,
+    group: &str,
+    version: &str,
+    plural: &str,
+    ns: &str,
+    body: Bytes,
+) -> Response {
+    let result = resource(group, version, plural).and_then(|r| {
+        store.count(format!("POST {plural}"));
+        let object: Value = serde_json::from_slice(&body).map_err(|e| ApiError {
+            code: 400,
+            reason: "BadRequest",
+            message: e.to_string(),
+        })?;
+        store
+            .create(r, ns, object)
+            .map(|o| (StatusCode::CREATED, axum::Json(with_type(r, o))))
+    });
+    match result {
+        Ok(created) => created.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one handler body for three route shapes"
+)]
+fn one(
+    State(store): State<Store>,
+    method: Method,
+    headers: HeaderMap,
+    group: &str,
+    version: &str,
+    plural: &str,
+    ns: &str,
+    name: &str,
+    body: Bytes,
+) -> Response {
+    let result = resource(group, version, plural).and_then(|r| {
+        store.count(format!("{method} {plural}"));
+        match method {
+            Method::GET => store
+                .get(r, ns, name)
+                .ok_or_else(|| ApiError::not_found(r, name)),
+            Method::DELETE => store.delete(r, ns, name),
+            Method::PATCH => {
+                let kind = headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if !kind.starts_with("application/merge-patch+json") {
+                    return Err(ApiError {
+                        code: 415,
+                        reason: "UnsupportedMediaType",
+                        message: format!("the simulator takes merge patches only, not {kind:?}"),
+                    });
+                }
+                let patch: Value = serde_json::from_slice(&body).map_err(|e| ApiError {
+                    code: 400,
+                    reason: "BadRequest",
+                    message: e.to_string(),
+                })?;
+                store.merge_patch(r, ns, name, &patch)
+            }
+            _ => Err(ApiError {
+                code: 405,
+                reason: "MethodNotAllowed",
+                message: method.to_string(),
+            }),
+        }
+        .map(|o| with_type(r, o))
+    });
+    match result {
+        Ok(object) => axum::Json(object).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Objects go out with their `apiVersion` and `kind`.
+fn with_type(resource: Resource, mut object: Value) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        map.insert("apiVersion".into(), json!(resource.api_version()));
+        map.insert("kind".into(), json!(resource.kind));
+    }
+    object
+}
+
+async fn list_or_watch(
+    State(store): State<Store>,
+    group: &str,
+    version: &str,
+    plural: &str,
+    ns: Option<String>,
+    Query(params): Params,
+) -> Response {
+    let r = match resource(group, version, plural) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let selector = match Selector::parse(
+        params
+            .get("labelSelector")
+            .map(String::as_str)
+            .unwrap_or(""),
+    ) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let ns = ns.filter(|_| r.namespaced);
+    let matches = {
+        let ns = ns.clone();
+        move |resource: Resource, object: &Value| {
+            resource == r
+                && ns
+                    .as_deref()
+                    .is_none_or(|n| object["metadata"]["namespace"].as_str() == Some(n))
+                && selector.matches(object)
+        }
+    };
+    let watching = matches!(params.get("watch").map(String::as_str), Some("true" | "1"));
+    if !watching {
+        store.count(format!("LIST {plural}"));
+        let inner = store.lock();
+        let items: Vec<Value> = inner
+            .objects
+            .iter()
+            .filter(|((res, _, _), o)| matches(*res, o))
+            .map(|(_, o)| with_type(r, o.clone()))
+            .collect();
+        let list = json!({
+            "apiVersion": r.api_version(), "kind": format!("{}List", r.kind),
+            "metadata": { "resourceVersion": inner.rv.to_string() },
+            "items": items,
+        });
+        return axum::Json(list).into_response();
+    }
+
+    // A watch asked for during a partition waits for it to end.
+    let epoch = loop {
+        let epoch = *store.gate.epoch.borrow();
+        if store.gate.pass(epoch).await {
+            break epoch;
+        }
+    };
+    store.count(format!("WATCH {plural}"));
+    let from: u64 = params
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let timeout = Duration::from_secs(
+        params
+            .get("timeoutSeconds")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300),
+    );
+    let bookmarks = params.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+
+    // The snapshot and the subscription under one lock: nothing between
+    // them is lost or seen twice.
+    let (backlog, mut live, gone) = {
+        let inner = store.lock();
+        let live = store.changes.subscribe();
+        if from == 0 {
+            // "Any version": the current state as ADDED events.
+            let backlog: Vec<Change> = inner
+                .objects
+                .iter()
+                .filter(|((res, _, _), o)| matches(*res, o))
+                .map(|((res, _, _), o)| Change {
+                    rv: inner.rv,
+                    resource: *res,
+                    kind: "ADDED",
+                    object: o.clone(),
+                })
+                .collect();
+            (backlog, live, None)
+        } else if from + 1 < inner.oldest_kept {
+            (Vec::new(), live, Some(ApiError::gone(from)))
+        } else {
+            let backlog = inner
+                .history
+                .iter()
+                .filter(|c| c.rv > from && matches(c.resource, &c.object))
+                .cloned()
+                .collect();
+            (backlog, live, None)
+        }
+    };
+    let mut last_rv = from;
+    let body = async_stream::stream! {
+        if let Some(gone) = gone {
+            yield Ok::<Bytes, std::io::Error>(line(&json!({ "type": "ERROR", "object": gone.status() })));
+            return;
+        }
+        for change in backlog {
+            if !store.gate.pass(epoch).await {
+                return;
+            }
+            last_rv = last_rv.max(change.rv);
+            yield Ok(line(&event(r, change)));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tick.tick(), if bookmarks => {
+                    if !store.gate.pass(epoch).await {
+                        break;
+                    }
+                    let rv = store.resource_version().max(last_rv);
+                    yield Ok(line(&json!({ "type": "BOOKMARK", "object": {
+                        "apiVersion": r.api_version(), "kind": r.kind,
+                        "metadata": { "resourceVersion": rv.to_string() } } })));
+                }
+                change = live.recv() => match change {
+                    Ok(change) if change.rv > last_rv && matches(change.resource, &change.object) => {
+                        if !store.gate.pass(epoch).await {
+                            break;
+                        }
+                        last_rv = change.rv;
+                        yield Ok(line(&event(r, change)));
+                    }
+                    Ok(_) => {}
+                    // A watcher this far behind is told to start over, as
+                    // the API server does.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        yield Ok(line(&json!({ "type": "ERROR", "object": ApiError::gone(last_rv).status() })));
+                        break;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn event(r: Resource, change: Change) -> Value {
+    json!({ "type": change.kind, "object": with_type(r, change.object) })
+}
+
+fn line(value: &Value) -> Bytes {
+    let mut bytes = serde_json::to_vec(value).unwrap_or_default();
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        let mut doc = json!({ "a": "b", "c": { "d": "e", "f": "g" } });
+        merge(&mut doc, &json!({ "a": "z", "c": { "f": null } }));
+        assert_eq!(doc, json!({ "a": "z", "c": { "d": "e" } }));
+        let mut doc = json!({ "a": [1, 2] });
+        merge(&mut doc, &json!({ "a": [3] }));
+        assert_eq!(doc, json!({ "a": [3] }));
+    }
+
+    #[test]
+    fn selectors_take_the_simple_forms() {
+        let pod = json!({ "metadata": { "labels": { "app": "x", "tier": "web" } } });
+        for (text, expected) in [
+            ("app=x", true),
+            ("app==x,tier=web", true),
+            ("app!=x", false),
+            ("tier", true),
+            ("!tier", false),
+            ("missing", false),
+            ("", true),
+        ] {
+            assert_eq!(
+                Selector::parse(text).expect("valid").matches(&pod),
+                expected,
+                "{text}"
+            );
+        }
+        assert!(Selector::parse("app in (x,y)").is_err());
+    }
+
+    #[test]
+    fn every_write_raises_the_version() {
+        let store = Store::new();
+        let pod = store
+            .create(Resource::POD, "ns", json!({ "metadata": { "name": "p" } }))
+            .expect("created");
+        let first: u64 = pod["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .expect("rv");
+        assert!(
+            store
+                .create(Resource::POD, "ns", json!({ "metadata": { "name": "p" } }))
+                .is_err()
+        );
+        let patched = store
+            .merge_patch(
+                Resource::POD,
+                "ns",
+                "p",
+                &json!({ "metadata": { "labels": { "a": "b" } } }),
+            )
+            .expect("patched");
+        let second: u64 = patched["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .expect("rv");
+        assert!(second > first);
+        assert_eq!(store.list(Resource::POD, Some("ns")).len(), 1);
+        store.delete(Resource::POD, "ns", "p").expect("deleted");
+        assert!(store.get(Resource::POD, "ns", "p").is_none());
+    }
+}
