@@ -6,7 +6,11 @@
 //! Covered: create, get, list with a label selector, merge patch, delete,
 //! `409 AlreadyExists` and `404 NotFound` as kube errors, kube-rs's watcher
 //! following adds, changes and deletes, and the watcher recovering from a
-//! `410 Gone` (a compacted history) without losing a change.
+//! `410 Gone` (a compacted history) without losing a change. Behind the API
+//! server: scheduling by cpu, memory, GPUs and taints, with the
+//! scheduler's Unschedulable condition and FailedScheduling event; pods
+//! running a Cog server on their own loopback address; image pull
+//! failures, crash loops and evictions as the kubelet reports them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,7 +20,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, Config};
-use kubesim::{Resource, Store};
+use kubesim::{Cluster, NodeSpec, Resource, Store};
 use serde_json::json;
 
 async fn client(url: &str) -> Client {
@@ -200,4 +204,282 @@ async fn the_watcher_follows_pods_and_survives_a_compacted_history() {
         "the watcher did not list again: {:?}",
         store.calls()
     );
+}
+
+fn model_pod(name: &str, image: &str, cpu: &str, memory: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "app": "m" } },
+        "spec": { "containers": [{
+            "name": "model", "image": image, "ports": [{ "containerPort": 5000 }],
+            "resources": { "requests": { "cpu": cpu, "memory": memory } },
+        }] },
+    }))
+    .expect("a pod")
+}
+
+/// Polls `pods/name` until `check` holds.
+async fn until(pods: &Api<Pod>, name: &str, what: &str, check: impl Fn(&Pod) -> bool) -> Pod {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pod = pods.get(name).await.expect("the pod");
+        if check(&pod) {
+            return pod;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never {what}: {:?}",
+            pod.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn waiting_reason(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?
+        .reason
+        .clone()
+}
+
+fn condition(pod: &Pod, kind: &str) -> Option<(String, Option<String>)> {
+    let c = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test]
+async fn pods_are_scheduled_where_they_fit_and_serve_cog_on_their_own_address() {
+    let cluster = Cluster::start().await;
+    cluster.add_node(&NodeSpec::new("small", 1, 2));
+    let client = client(&cluster.url()).await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+
+    pods.create(
+        &PostParams::default(),
+        &model_pod("fits", "example/model:1", "500m", "1Gi"),
+    )
+    .await
+    .expect("created");
+    let running = until(&pods, "fits", "ran", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    assert_eq!(
+        running.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some("small")
+    );
+    assert_eq!(
+        condition(&running, "Ready").map(|c| c.0).as_deref(),
+        Some("True")
+    );
+    let ip = running.status.and_then(|s| s.pod_ip).expect("a pod IP");
+    assert!(ip.starts_with("127."), "{ip}");
+
+    // The pod's model server answers over real HTTP on its own address.
+    let http = reqwest::Client::new();
+    let health: serde_json::Value = http
+        .get(format!("http://{ip}:5000/health-check"))
+        .send()
+        .await
+        .expect("health check")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(health["status"], "READY");
+    let prediction: serde_json::Value = http
+        .post(format!("http://{ip}:5000/predictions"))
+        .json(&json!({ "input": { "message": "hi" } }))
+        .send()
+        .await
+        .expect("prediction")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(prediction, json!({ "status": "succeeded", "output": "hi" }));
+
+    // Too big for what is left: Unschedulable, with the scheduler's event,
+    // until a node with room arrives.
+    pods.create(
+        &PostParams::default(),
+        &model_pod("big", "example/model:1", "2", "1Gi"),
+    )
+    .await
+    .expect("created");
+    let pending = until(&pods, "big", "was refused", |p| {
+        condition(p, "PodScheduled").is_some()
+    })
+    .await;
+    assert_eq!(
+        condition(&pending, "PodScheduled"),
+        Some(("False".to_owned(), Some("Unschedulable".to_owned())))
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::default_namespaced(client.clone());
+    let failed: Vec<_> = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("FailedScheduling")
+                && e.involved_object.name.as_deref() == Some("big")
+        })
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        failed[0].message.as_deref(),
+        Some("0/1 nodes are available: 1 Insufficient cpu.")
+    );
+    cluster.add_node(&NodeSpec::new("large", 4, 8));
+    let bound = until(&pods, "big", "ran", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    assert_eq!(
+        bound.spec.and_then(|s| s.node_name).as_deref(),
+        Some("large")
+    );
+}
+
+#[tokio::test]
+async fn gpu_nodes_take_only_pods_that_tolerate_them() {
+    let cluster = Cluster::start().await;
+    let mut gpu = NodeSpec::new("gpu", 8, 32);
+    gpu.gpus = 1;
+    gpu.taints.push((
+        "nvidia.com/gpu".into(),
+        "present".into(),
+        "NoSchedule".into(),
+    ));
+    cluster.add_node(&gpu);
+    let pods: Api<Pod> = Api::default_namespaced(client(&cluster.url()).await);
+
+    pods.create(
+        &PostParams::default(),
+        &model_pod("plain", "example/model:1", "1", "1Gi"),
+    )
+    .await
+    .expect("created");
+    let refused = until(&pods, "plain", "was refused", |p| {
+        condition(p, "PodScheduled").is_some()
+    })
+    .await;
+    assert_eq!(
+        condition(&refused, "PodScheduled").map(|c| c.0).as_deref(),
+        Some("False")
+    );
+
+    let mut wants_gpu = model_pod("gpu-model", "example/model:1", "1", "1Gi");
+    let value = serde_json::to_value(&wants_gpu).expect("json");
+    let mut value = value;
+    value["spec"]["containers"][0]["resources"]["limits"] = json!({ "nvidia.com/gpu": "1" });
+    value["spec"]["tolerations"] =
+        json!([{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }]);
+    wants_gpu = serde_json::from_value(value).expect("a pod");
+    pods.create(&PostParams::default(), &wants_gpu)
+        .await
+        .expect("created");
+    until(&pods, "gpu-model", "ran", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+
+    // The node's one GPU is taken.
+    let mut second = serde_json::to_value(&wants_gpu).expect("json");
+    second["metadata"] = json!({ "name": "gpu-model-2" });
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(second).expect("a pod"),
+    )
+    .await
+    .expect("created");
+    let refused = until(&pods, "gpu-model-2", "was refused", |p| {
+        condition(p, "PodScheduled").is_some()
+    })
+    .await;
+    assert_eq!(
+        condition(&refused, "PodScheduled").map(|c| c.0).as_deref(),
+        Some("False")
+    );
+}
+
+#[tokio::test]
+async fn image_pull_failures_crash_loops_and_evictions_show_as_kubernetes_reports_them() {
+    let cluster = Cluster::start().await;
+    cluster.add_node(&NodeSpec::new("node", 8, 32));
+    cluster.fail_image_pulls("example/missing:1");
+    cluster.crash_containers("example/crashing:1");
+    let pods: Api<Pod> = Api::default_namespaced(client(&cluster.url()).await);
+
+    pods.create(
+        &PostParams::default(),
+        &model_pod("pull", "example/missing:1", "1", "1Gi"),
+    )
+    .await
+    .expect("created");
+    until(&pods, "pull", "backed off", |p| {
+        waiting_reason(p).as_deref() == Some("ImagePullBackOff")
+    })
+    .await;
+
+    pods.create(
+        &PostParams::default(),
+        &model_pod("crash", "example/crashing:1", "1", "1Gi"),
+    )
+    .await
+    .expect("created");
+    let crashing = until(&pods, "crash", "crash-looped", |p| {
+        waiting_reason(p).as_deref() == Some("CrashLoopBackOff")
+            && p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|c| c[0].restart_count >= 2)
+    })
+    .await;
+    assert_eq!(
+        crashing.status.and_then(|s| s.phase).as_deref(),
+        Some("Pending")
+    );
+
+    pods.create(
+        &PostParams::default(),
+        &model_pod("evicted", "example/model:1", "1", "1Gi"),
+    )
+    .await
+    .expect("created");
+    let running = until(&pods, "evicted", "ran", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    let ip = running.status.and_then(|s| s.pod_ip).expect("an IP");
+    cluster.evict("modelfleet", "evicted");
+    let gone = until(&pods, "evicted", "was evicted", |p| {
+        p.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("Evicted")
+    })
+    .await;
+    assert_eq!(gone.status.and_then(|s| s.phase).as_deref(), Some("Failed"));
+    // Its model server is gone with it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while reqwest::get(format!("http://{ip}:5000/health-check"))
+        .await
+        .is_ok()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the evicted pod still serves"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -24,10 +24,17 @@
 //!   again;
 //! - errors as `Status` objects with the usual reasons.
 //!
+//! Behind it, [`Cluster`] adds a scheduler and a kubelet that runs each
+//! pod as a small Cog model server on its own loopback address.
+//!
 //! What it does not do: authentication, field selectors, server-side apply,
 //! strategic merge patches, graceful deletion (a delete removes the object
 //! at once), or admission of any kind. The resources it serves are listed in
 //! [`Resource::ALL`].
+
+pub mod cluster;
+
+pub use cluster::{Cluster, NodeSpec};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
