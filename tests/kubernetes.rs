@@ -482,4 +482,22 @@ async fn image_pull_failures_crash_loops_and_evictions_show_as_kubernetes_report
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // A lost node takes its running pods down with it.
+    pods.create(
+        &PostParams::default(),
+        &model_pod("on-lost-node", "example/model:1", "1", "1Gi"),
+    )
+    .await
+    .expect("created");
+    until(&pods, "on-lost-node", "ran", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    cluster.lose_node("node");
+    until(&pods, "on-lost-node", "was lost", |p| {
+        p.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("NodeLost")
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+    })
+    .await;
 }
