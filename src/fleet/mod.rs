@@ -20,6 +20,7 @@
 pub mod backend;
 pub mod board;
 pub mod cog;
+pub mod kubernetes;
 pub mod leader;
 pub mod local;
 mod recovery;

@@ -67,7 +67,9 @@ pub struct ModelConfig {
     pub max_input_bytes: u64,
     #[serde(default)]
     pub local: Option<LocalSpec>,
-    /// Kept as given until the Kubernetes backend reads it.
+    /// How the Kubernetes backend runs it (see
+    /// [`crate::fleet::kubernetes::pod::PodSettings`]); checked on load,
+    /// kept as given.
     #[serde(default)]
     pub kubernetes: Option<serde_json::Value>,
 }
@@ -200,6 +202,11 @@ impl ModelConfig {
         if local.is_none() && self.kubernetes.is_none() {
             fail("local", "a model needs settings for at least one backend");
         }
+        if let Some(kubernetes) = &self.kubernetes
+            && let Err(broken) = crate::fleet::kubernetes::pod::PodSettings::parse(kubernetes)
+        {
+            errors.extend(broken);
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -304,10 +311,27 @@ mod tests {
             command: vec![],
             ..base().local.expect("local")
         });
+        m.kubernetes = Some(serde_json::json!({ "image": "", "requests": { "memory": "lots" } }));
         let errors = m.validate(Path::new("/")).expect_err("invalid");
-        for field in ["id", "minInstances", "idleTimeoutSecs", "local.command"] {
+        for field in [
+            "id",
+            "minInstances",
+            "idleTimeoutSecs",
+            "local.command",
+            "kubernetes.image",
+            "kubernetes.requests",
+        ] {
             assert!(errors.contains_key(field), "{field}: {errors:?}");
         }
+    }
+
+    #[test]
+    fn kubernetes_settings_alone_make_a_model() {
+        let mut m = base();
+        m.local = None;
+        m.kubernetes = Some(serde_json::json!({ "image": "example/sleepy:1" }));
+        let spec = m.validate(Path::new("/")).expect("valid");
+        assert!(spec.kubernetes.is_some());
     }
 
     #[test]
