@@ -13,10 +13,13 @@ use tokio::sync::watch;
 use async_graphql::dataloader::DataLoader;
 
 use crate::auth::AuthService;
+use crate::config::BackendKind;
 use crate::config::Config;
 use crate::fleet::Fleet;
+use crate::fleet::backend::Backend;
 use crate::fleet::backend::EventLog;
 use crate::fleet::board::InstanceBoard;
+use crate::fleet::kubernetes::backend::KubernetesBackend;
 use crate::fleet::local::LocalBackend;
 use crate::graphql::{self, AppSchema, EventsLoader, ModelLoader};
 use crate::metrics::Metrics;
@@ -77,7 +80,14 @@ impl Application {
             config.database.url,
             config.database.schema.as_deref().unwrap_or("")
         );
-        let backend = Arc::new(LocalBackend::new(&scope, events.clone()));
+        let backend: Arc<dyn Backend> = match config.kubernetes.backend {
+            BackendKind::Local => Arc::new(LocalBackend::new(&scope, events.clone())),
+            BackendKind::Kubernetes => Arc::new(
+                KubernetesBackend::connect(&config.kubernetes, events.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot reach Kubernetes: {e}"))?,
+            ),
+        };
         let metrics = Arc::new(Metrics::new());
         let fleet = Fleet::new(
             db.clone(),

@@ -50,6 +50,7 @@ pub const ENV_SHORTHANDS: &[(&str, &str)] = &[
     ("MODELFLEET_BIND", "server.bind"),
     ("MODELFLEET_DATABASE_SCHEMA", "database.schema"),
     ("MODELFLEET_LOG_FORMAT", "log.format"),
+    ("MODELFLEET_BACKEND", "kubernetes.backend"),
     ("MODELFLEET_LOG_LEVEL", "log.level"),
 ];
 
@@ -62,6 +63,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub graphql: GraphqlConfig,
     pub retention: RetentionConfig,
+    pub kubernetes: KubernetesConfig,
     /// `[[models]]`: the models to serve (see [`crate::models::ModelConfig`]);
     /// more may come from a `models.toml` beside the configuration file.
     /// With none anywhere, the example models are served.
@@ -274,6 +276,55 @@ impl Default for RetentionConfig {
     }
 }
 
+/// Where instances run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Child processes on this machine.
+    #[default]
+    Local,
+    /// Pods on a Kubernetes cluster.
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// `kubernetes.backend` / `MODELFLEET_BACKEND`: `local` (child
+    /// processes, the default) or `kubernetes` (pods).
+    pub backend: BackendKind,
+    /// `kubernetes.namespace`: where pods go. Default: the namespace of the
+    /// inferred credentials (the pod's own in a cluster, the kubeconfig
+    /// context's outside).
+    pub namespace: Option<String>,
+    /// `kubernetes.api_url`: talk to this API server without credentials
+    /// (for a local proxy such as `kubectl proxy`, and the tests). Default:
+    /// kube-rs's usual inference (in-cluster, then kubeconfig).
+    pub api_url: Option<String>,
+    /// `kubernetes.start_timeout_secs`: how long a pod may take to be
+    /// scheduled, pulled and ready. Default 600.
+    pub start_timeout_secs: u64,
+    /// `kubernetes.stop_grace_secs`: the grace period of a pod deletion.
+    /// Default 30.
+    pub stop_grace_secs: u64,
+    /// `kubernetes.max_restarts`: crash-loop restarts (or image pull
+    /// retries) before a starting pod is given up. Default 3.
+    pub max_restarts: u32,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendKind::Local,
+            namespace: None,
+            api_url: None,
+            start_timeout_secs: 600,
+            stop_grace_secs: 30,
+            max_restarts: 3,
+        }
+    }
+}
+
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -405,6 +456,14 @@ impl Config {
                     "must be 1-63 characters: lower-case letters, digits and `_`, not starting with a digit",
                 );
             }
+        }
+        if let Some(url) = &self.kubernetes.api_url
+            && url::Url::parse(url).is_err()
+        {
+            return rule("kubernetes.api_url", "is not a valid URL");
+        }
+        if self.kubernetes.start_timeout_secs == 0 {
+            return rule("kubernetes.start_timeout_secs", "must be at least 1");
         }
         let retention = &self.retention;
         if !(60..=7 * 24 * 3600).contains(&retention.interval_secs) {

@@ -12,6 +12,11 @@
 //! running a Cog server on their own loopback address; image pull
 //! failures, crash loops and evictions as the kubelet reports them.
 
+#[path = "api/support.rs"]
+#[macro_use]
+#[allow(dead_code, reason = "shared with the API tests, which use the rest")]
+mod support;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -501,3 +506,104 @@ async fn image_pull_failures_crash_loops_and_evictions_show_as_kubernetes_report
     })
     .await;
 }
+
+/// A server running its instances on the simulated cluster, with one model
+/// (`pods`, the sleepy-like image) and an admin token.
+async fn server_on(cluster: &Cluster, db: support::Db, image: &str) -> (support::TestApp, String) {
+    let url = cluster.url();
+    let image = image.to_owned();
+    let app = support::TestApp::spawn_with(db, move |c| {
+        c.kubernetes.backend = modelfleet::config::BackendKind::Kubernetes;
+        c.kubernetes.api_url = Some(url);
+        c.kubernetes.namespace = Some("modelfleet".to_owned());
+        c.kubernetes.start_timeout_secs = 20;
+        c.models = vec![support::sleepy("pods", |m| {
+            m.local = None;
+            m.max_instances = 2;
+            m.kubernetes = Some(json!({
+                "image": image,
+                "requests": { "cpu": "1", "memory": "1Gi" },
+            }));
+        })];
+    })
+    .await;
+    let admin = app.admin("root").await;
+    (app, admin)
+}
+
+const INSTANCES: &str = "query($f: InstanceFilter) { instances(filter: $f) { nodes { \
+    id backend handle node status statusDetail stopReason events(limit: 50) { type reason message raw } } } }";
+
+db_test!(a_request_runs_on_a_pod_and_stopping_deletes_the_pod, db => {
+    let cluster = Cluster::start().await;
+    cluster.add_node(&NodeSpec::new("node-a", 4, 16));
+    let (app, admin) = server_on(&cluster, db, "example/sleepy:1").await;
+    let token = app.anonymous().await;
+    let id = app.submit(&token, "pods", json!({ "message": "from a pod" })).await;
+    let done = app.wait_done(&token, &id).await;
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    assert_eq!(done["output"], "from a pod");
+
+    // The instance is the pod, labelled and placed.
+    let body = app.gql_as(&admin, INSTANCES, json!({ "f": { "modelIds": ["pods"] } })).await;
+    let instance = body["data"]["instances"]["nodes"][0].clone();
+    assert_eq!(instance["backend"], "kubernetes", "{body}");
+    assert_eq!(instance["node"], "node-a");
+    assert_eq!(instance["statusDetail"]["phase"], "Running");
+    let pod_name = instance["handle"].as_str().expect("a pod name").to_owned();
+    let pod = cluster.store.get(Resource::POD, "modelfleet", &pod_name).expect("the pod");
+    assert_eq!(pod["metadata"]["labels"]["app.kubernetes.io/managed-by"], "modelfleet");
+    assert_eq!(pod["metadata"]["labels"]["modelfleet.io/instance"], instance["id"]);
+    // The scheduler's and kubelet's events, with their raw objects.
+    let events = instance["events"].as_array().expect("events");
+    let scheduled = events.iter().find(|e| e["reason"] == "Scheduled").expect("a Scheduled event");
+    assert_eq!(scheduled["raw"]["involvedObject"]["name"], pod_name.as_str());
+
+    let stop = "mutation($id: ID!) { stopInstance(id: $id, reason: \"done here\") { alreadyStopped } }";
+    let stopped = app.gql_as(&admin, stop, json!({ "id": instance["id"] })).await;
+    assert_eq!(stopped["data"]["stopInstance"]["alreadyStopped"], false, "{stopped}");
+    app.eventually("the pod to be deleted", 30, || async {
+        cluster.store.get(Resource::POD, "modelfleet", &pod_name).is_none()
+    })
+    .await;
+    assert!(cluster.store.calls().contains_key("DELETE pods"));
+});
+
+db_test!(an_unschedulable_pod_shows_why_and_runs_once_a_node_fits, db => {
+    let cluster = Cluster::start().await;
+    cluster.add_node(&NodeSpec::new("tiny", 0, 1));
+    let (app, admin) = server_on(&cluster, db, "example/sleepy:1").await;
+    let token = app.anonymous().await;
+    let id = app.submit(&token, "pods", json!({ "message": "waited" })).await;
+
+    // The starting instance shows the scheduler's verdict and its event.
+    app.eventually("the instance to show Unschedulable", 30, || async {
+        let body = app.gql_as(&admin, INSTANCES, json!({ "f": { "modelIds": ["pods"] } })).await;
+        let instance = &body["data"]["instances"]["nodes"][0];
+        instance["statusDetail"]["conditions"][0]["reason"] == "Unschedulable"
+            && instance["events"].as_array().is_some_and(|events| {
+                events.iter().any(|e| e["reason"] == "FailedScheduling" && e["type"] == "WARNING")
+            })
+    })
+    .await;
+
+    cluster.add_node(&NodeSpec::new("roomy", 4, 16));
+    let done = app.wait_done(&token, &id).await;
+    assert_eq!(done["output"], "waited", "{done}");
+});
+
+db_test!(an_image_that_cannot_be_pulled_fails_the_requests_with_the_reason, db => {
+    let cluster = Cluster::start().await;
+    cluster.add_node(&NodeSpec::new("node", 4, 16));
+    cluster.fail_image_pulls("example/missing:1");
+    let (app, _admin) = server_on(&cluster, db, "example/missing:1").await;
+    let token = app.anonymous().await;
+    let id = app.submit(&token, "pods", json!({})).await;
+    let done = app.wait_done(&token, &id).await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    let error = done["error"].as_str().expect("an error");
+    assert!(error.contains("ImagePullBackOff"), "{error}");
+    // Every attempt's pod was cleaned up.
+    app.eventually("no pod left", 30, || async { cluster.store.list(Resource::POD, None).is_empty() })
+        .await;
+});

@@ -21,6 +21,8 @@ pub struct Started {
     pub handle: String,
     /// Where it runs, when the backend knows.
     pub node: Option<String>,
+    /// The backend's own view, shown as the instance's `statusDetail`.
+    pub detail: serde_json::Value,
     /// Becomes `Some(detail)` when the instance has ended, for whatever
     /// reason.
     pub exited: watch::Receiver<Option<String>>,
@@ -80,12 +82,26 @@ impl EventLog {
     }
 
     pub async fn record(&self, instance_id: Uuid, kind: EventKind, reason: &str, message: &str) {
+        self.record_raw(instance_id, kind, reason, message, None)
+            .await;
+    }
+
+    /// As [`EventLog::record`], keeping the backend's own record of the
+    /// event (a Kubernetes event object) as `raw`.
+    pub async fn record_raw(
+        &self,
+        instance_id: Uuid,
+        kind: EventKind,
+        reason: &str,
+        message: &str,
+        raw: Option<serde_json::Value>,
+    ) {
         let event = EventRecord {
             at: Utc::now(),
             kind: kind.as_str().to_owned(),
             reason: reason.to_owned(),
             message: message.chars().take(4000).collect(),
-            raw: None,
+            raw: raw.clone(),
         };
         let row = instance_event::ActiveModel {
             instance_id: Set(instance_id),
@@ -93,12 +109,33 @@ impl EventLog {
             kind: Set(event.kind.clone()),
             reason: Set(event.reason.clone()),
             message: Set(event.message.clone()),
-            raw: Set(None),
+            raw: Set(raw),
             ..Default::default()
         };
         if let Err(e) = instance_event::Entity::insert(row).exec(&self.db).await {
             tracing::warn!(instance_id = %instance_id, error = %e, "cannot record instance event");
         }
         self.board.event(instance_id, event);
+    }
+
+    /// Shows the backend's current view of a starting instance (a pod
+    /// waiting to be scheduled, say) as its `statusDetail`.
+    pub async fn detail(&self, instance_id: Uuid, detail: serde_json::Value) {
+        use sea_orm::{ColumnTrait, QueryFilter, sea_query::Expr};
+        let written = entity::instance::Entity::update_many()
+            .col_expr(
+                entity::instance::Column::StatusDetail,
+                Expr::value(detail.clone()),
+            )
+            .filter(entity::instance::Column::Id.eq(instance_id))
+            .exec(&self.db)
+            .await;
+        if let Err(e) = written {
+            tracing::warn!(instance_id = %instance_id, error = %e, "cannot record instance detail");
+        }
+        self.board
+            .update(instance_id, super::board::ChangeKind::Status, |r| {
+                r.status_detail = Some(detail)
+            });
     }
 }

@@ -363,6 +363,7 @@ impl Backend for LocalBackend {
             endpoint,
             handle: pid.to_string(),
             node: None,
+            detail: serde_json::json!({ "pid": pid.to_string() }),
             exited,
         })
     }

@@ -123,10 +123,12 @@ impl Ending {
 }
 
 /// Consecutive failed starts of one model.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct StartFailures {
     count: u32,
     last: tokio::time::Instant,
+    /// Why the last start failed.
+    reason: String,
 }
 
 impl StartFailures {
@@ -417,8 +419,8 @@ impl Fleet {
                 if waiting > 0 {
                     let reason = format!(
                         "no instance of model `{}` could start ({} attempts in a row failed; \
-                         the instance events say why)",
-                        model.id, failures.count
+                         the last: {})",
+                        model.id, failures.count, failures.reason
                     );
                     self.fail_queued(&model.id, &reason).await?;
                 }
@@ -938,7 +940,7 @@ impl Fleet {
                 }
                 // Recorded before the scaler can see it ready, so that a first
                 // assignment's write always lands after this one.
-                let detail = serde_json::json!({ "pid": started.handle });
+                let detail = started.detail.clone();
                 let written = instance::Entity::update_many()
                     .col_expr(instance::Column::Status, Expr::value(InstanceStatus::Ready))
                     .col_expr(
@@ -1020,9 +1022,11 @@ impl Fleet {
                             .or_insert(StartFailures {
                                 count: 0,
                                 last: tokio::time::Instant::now(),
+                                reason: String::new(),
                             });
                     entry.count += 1;
                     entry.last = tokio::time::Instant::now();
+                    entry.reason.clone_from(&reason);
                     if let Some(live) = state.instances.get_mut(&id) {
                         live.status = InstanceStatus::Failed;
                     }

@@ -1,11 +1,13 @@
-//! The Kubernetes backend's parts: the pod a model's settings make for an
-//! instance ([`pod`]), and what a pod's status means for that instance
+//! The Kubernetes backend: one pod per instance ([`backend`]), made from a
+//! model's settings ([`pod`]), its status read for the instance
 //! ([`status`]).
 //!
-//! Not yet built: the backend itself (creating pods through kube-rs,
-//! following pods and events with watchers, sending jobs to pod addresses,
-//! stopping and adopting pods) and the Lease-based election of the scaler.
-//! `kubesim` (the simulated cluster the tests run against) is ready for it.
+//! Not yet built: adopting pods after a restart (they are deleted as
+//! untracked instead), the request-id annotation, the instance shown as
+//! PENDING (rather than STARTING) while its pod is unschedulable, and the
+//! Lease-based election of the scaler. `kubesim` is the simulated cluster
+//! the tests run against.
 
+pub mod backend;
 pub mod pod;
 pub mod status;
