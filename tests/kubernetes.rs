@@ -607,3 +607,45 @@ db_test!(an_image_that_cannot_be_pulled_fails_the_requests_with_the_reason, db =
     app.eventually("no pod left", 30, || async { cluster.store.list(Resource::POD, None).is_empty() })
         .await;
 });
+
+db_test!(an_evicted_pod_gives_its_job_back_to_the_queue, db => {
+    let cluster = Cluster::start().await;
+    cluster.add_node(&NodeSpec::new("node", 4, 16));
+    let (app, admin) = server_on(&cluster, db, "example/sleepy:1").await;
+    let token = app.anonymous().await;
+    let id = app.submit(&token, "pods", json!({ "seconds": 3, "message": "survived" })).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let busy = loop {
+        let body = app.gql_as(&admin, INSTANCES, json!({ "f": { "statuses": ["BUSY"] } })).await;
+        let first = body["data"]["instances"]["nodes"][0].clone();
+        if first.is_object() {
+            break first;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no busy instance: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let pod = busy["handle"].as_str().expect("a pod").to_owned();
+    cluster.evict("modelfleet", &pod);
+
+    let done = app.wait_done(&token, &id).await;
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    let body = app
+        .gql_as(&admin, "query($id: ID!) { instance(id: $id) { status stopReason } }", json!({ "id": busy["id"] }))
+        .await;
+    let reason = body["data"]["instance"]["stopReason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("Evicted"), "{body}");
+});
+
+db_test!(a_crash_looping_pod_fails_the_requests_with_the_reason, db => {
+    let cluster = Cluster::start().await;
+    cluster.add_node(&NodeSpec::new("node", 4, 16));
+    cluster.crash_containers("example/crashing:1");
+    let (app, _admin) = server_on(&cluster, db, "example/crashing:1").await;
+    let token = app.anonymous().await;
+    let id = app.submit(&token, "pods", json!({})).await;
+    let done = app.wait_done(&token, &id).await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    let error = done["error"].as_str().expect("an error");
+    assert!(error.contains("CrashLoopBackOff"), "{error}");
+});

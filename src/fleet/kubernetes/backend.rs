@@ -112,12 +112,16 @@ impl KubernetesBackend {
                     Stage::Serving { ip } => return Ok((ip.clone(), seen.clone())),
                     Stage::Ended { reason } => return Err(format!("the pod ended: {reason}")),
                     Stage::Troubled { reason, restarts } => {
-                        let image = !matches!(reason.as_str(), "CrashLoopBackOff" | "OOMKilled");
-                        // An image that cannot be pulled is given a couple
-                        // of back-offs; a crash loop its restarts.
-                        if image && last_wait.as_deref() == Some("ImagePullBackOff")
-                            || !image && *restarts as u32 >= self.config.max_restarts
-                        {
+                        let crashing = matches!(reason.as_str(), "CrashLoopBackOff" | "OOMKilled");
+                        // A pull that failed is retried once (its back-off
+                        // ends the start); a crash loop gets its restarts;
+                        // an invalid image or container config ends it now.
+                        let give_up = if crashing {
+                            u32::try_from(*restarts).unwrap_or(0) >= self.config.max_restarts
+                        } else {
+                            reason != "ErrImagePull"
+                        };
+                        if give_up {
                             return Err(format!("the pod cannot start: {reason}"));
                         }
                         last_wait = Some(reason.clone());
