@@ -83,7 +83,7 @@ impl Application {
         let backend: Arc<dyn Backend> = match config.kubernetes.backend {
             BackendKind::Local => Arc::new(LocalBackend::new(&scope, events.clone())),
             BackendKind::Kubernetes => Arc::new(
-                KubernetesBackend::connect(&config.kubernetes, events.clone())
+                KubernetesBackend::connect(&config.kubernetes, &scope, events.clone())
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot reach Kubernetes: {e}"))?,
             ),

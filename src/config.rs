@@ -307,8 +307,9 @@ pub struct KubernetesConfig {
     /// `kubernetes.stop_grace_secs`: the grace period of a pod deletion.
     /// Default 30.
     pub stop_grace_secs: u64,
-    /// `kubernetes.max_restarts`: crash-loop restarts (or image pull
-    /// retries) before a starting pod is given up. Default 3.
+    /// `kubernetes.max_restarts`: crash-loop restarts before a starting
+    /// pod is given up (an image that cannot be pulled is given up after
+    /// its first back-off). Default 3.
     pub max_restarts: u32,
 }
 
@@ -464,6 +465,20 @@ impl Config {
         }
         if self.kubernetes.start_timeout_secs == 0 {
             return rule("kubernetes.start_timeout_secs", "must be at least 1");
+        }
+        if self.kubernetes.backend == BackendKind::Kubernetes
+            && let Some(model) = self
+                .model_specs()?
+                .into_iter()
+                .find(|m| m.enabled && m.kubernetes.is_none())
+        {
+            return rule(
+                "kubernetes.backend",
+                &format!(
+                    "is kubernetes, but model `{}` has no kubernetes settings (give it a `kubernetes` table, or disable it)",
+                    model.id
+                ),
+            );
         }
         let retention = &self.retention;
         if !(60..=7 * 24 * 3600).contains(&retention.interval_secs) {
@@ -746,6 +761,14 @@ mod tests {
             .expect_err("bad env")
             .to_string();
         assert!(err.contains("`server.bind`"), "{err}");
+        // The example models have no pod settings: they cannot run as pods.
+        let err = Config::load_from(None, env(&[("MODELFLEET_BACKEND", "kubernetes")]))
+            .expect_err("no kubernetes settings")
+            .to_string();
+        assert!(
+            err.contains("`kubernetes.backend`") && err.contains("`iris`"),
+            "{err}"
+        );
         let err = Config::load_from(None, env(&[("MODELFLEET_GRAPHQL__MAX_DEPTH", "abc")]))
             .expect_err("bad env")
             .to_string();

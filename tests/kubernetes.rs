@@ -455,7 +455,7 @@ async fn image_pull_failures_crash_loops_and_evictions_show_as_kubernetes_report
     .await;
     assert_eq!(
         crashing.status.and_then(|s| s.phase).as_deref(),
-        Some("Pending")
+        Some("Running")
     );
 
     pods.create(
@@ -648,4 +648,34 @@ db_test!(a_crash_looping_pod_fails_the_requests_with_the_reason, db => {
     assert_eq!(done["status"], "FAILED", "{done}");
     let error = done["error"].as_str().expect("an error");
     assert!(error.contains("CrashLoopBackOff"), "{error}");
+});
+
+db_test!(a_pod_deleted_while_the_watch_was_down_still_ends_its_instance, db => {
+    let cluster = Cluster::start().await;
+    cluster.add_node(&NodeSpec::new("node", 4, 16));
+    let (app, admin) = server_on(&cluster, db, "example/sleepy:1").await;
+    let token = app.anonymous().await;
+    let first = app.submit(&token, "pods", json!({ "message": "one" })).await;
+    assert_eq!(app.wait_done(&token, &first).await["status"], "SUCCEEDED");
+    let body = app.gql_as(&admin, INSTANCES, json!({ "f": { "modelIds": ["pods"] } })).await;
+    let instance = body["data"]["instances"]["nodes"][0].clone();
+    let pod = instance["handle"].as_str().expect("a pod").to_owned();
+
+    // Cut off from the server, the pod goes and the history with it: the
+    // watch resumes into a 410, lists again, and finds the pod missing.
+    let partition = cluster.store.partition();
+    cluster.store.delete(Resource::POD, "modelfleet", &pod).expect("deleted");
+    cluster.store.compact();
+    drop(partition);
+    app.eventually("the instance to end", 30, || async {
+        let body = app
+            .gql_as(&admin, "query($id: ID!) { instance(id: $id) { status } }", json!({ "id": instance["id"] }))
+            .await;
+        matches!(body["data"]["instance"]["status"].as_str(), Some("FAILED" | "STOPPED"))
+    })
+    .await;
+    // A new request gets a new pod.
+    let second = app.submit(&token, "pods", json!({ "message": "two" })).await;
+    let done = app.wait_done(&token, &second).await;
+    assert_eq!(done["output"], "two", "{done}");
 });

@@ -440,7 +440,7 @@ async fn run_kubelet(
             continue;
         }
         let key = names(pod);
-        if running.contains_key(&key) || pod["status"]["phase"] == "Running" {
+        if running.contains_key(&key) {
             continue;
         }
         let container = &pod["spec"]["containers"][0];
@@ -493,6 +493,10 @@ async fn run_kubelet(
                         "message": format!("back-off restarting failed container {}", container["name"].as_str().unwrap_or_default()) } },
                     "lastState": { "terminated": { "exitCode": 1, "reason": "Error" } },
                 }]);
+                // A container that started at least once makes the pod
+                // Running, ready or not.
+                p["status"]["phase"] = json!("Running");
+                set_condition(p, "Ready", "False", "ContainersNotReady");
             });
             event(
                 store,

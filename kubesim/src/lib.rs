@@ -842,8 +842,9 @@ async fn list_or_watch(
 
     // The snapshot and the subscription under one lock: nothing between
     // them is lost or seen twice.
-    let (backlog, mut live, gone) = {
+    let (backlog, mut live, gone, snapshot_rv) = {
         let inner = store.lock();
+        let snapshot_rv = inner.rv;
         let live = store.changes.subscribe();
         if from == 0 {
             // "Any version": the current state as ADDED events.
@@ -858,9 +859,9 @@ async fn list_or_watch(
                     object: o.clone(),
                 })
                 .collect();
-            (backlog, live, None)
+            (backlog, live, None, snapshot_rv)
         } else if from + 1 < inner.oldest_kept {
-            (Vec::new(), live, Some(ApiError::gone(from)))
+            (Vec::new(), live, Some(ApiError::gone(from)), snapshot_rv)
         } else {
             let backlog = inner
                 .history
@@ -868,7 +869,7 @@ async fn list_or_watch(
                 .filter(|c| c.rv > from && matches(c.resource, &c.object))
                 .cloned()
                 .collect();
-            (backlog, live, None)
+            (backlog, live, None, snapshot_rv)
         }
     };
     let mut last_rv = from;
@@ -893,7 +894,9 @@ async fn list_or_watch(
                     if !store.gate.pass(epoch).await {
                         break;
                     }
-                    let rv = store.resource_version().max(last_rv);
+                    // Only what this watch has delivered: a bookmark past a change
+                    // still queued would let a resumed watch skip it.
+                    let rv = last_rv.max(snapshot_rv);
                     yield Ok(line(&json!({ "type": "BOOKMARK", "object": {
                         "apiVersion": r.api_version(), "kind": r.kind,
                         "metadata": { "resourceVersion": rv.to_string() } } })));

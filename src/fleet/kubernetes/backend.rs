@@ -1,13 +1,13 @@
 //! The Kubernetes backend: one pod per instance, followed by two watches
-//! for the whole namespace (pods with modelfleet's label, and events), not
+//! for the whole namespace (this server's pods, by label, and events), not
 //! by polling.
 //!
 //! ```text
 //!   start ──create pod──▶ API server ──▶ scheduler, kubelet
 //!     ▲                        │
-//!     │ observed stage         │ watch pods (label managed-by=modelfleet)
+//!     │ observed stage         │ watch pods (managed-by, scope labels)
 //!     └──── pods task ◀────────┤
-//!                              │ watch events (about our pods)
+//!                              │ watch events (about tracked pods)
 //!           events task ◀──────┘──▶ instance events, with the raw event
 //! ```
 
@@ -30,26 +30,51 @@ use crate::fleet::backend::{Backend, EventKind, EventLog, Started};
 use crate::fleet::cog::{CogClient, Health};
 use crate::models::ModelSpec;
 
+/// Names the database a server records instances in: its pods carry it,
+/// so two deployments sharing a namespace leave each other's pods alone.
+pub const SCOPE_LABEL: &str = "modelfleet.io/scope";
+
 /// One pod the backend runs.
 struct Tracked {
     pod: String,
+    /// The create call returned: a relist without the pod means it is gone.
+    created: bool,
+    /// Container restarts when the pod first served; more mean it died
+    /// and restarted in place.
+    served_restarts: Option<i32>,
+    last_detail: Option<serde_json::Value>,
     observed: watch::Sender<Option<Observed>>,
+    /// The instance has ended: its pod failed, was deleted, or restarted.
     exited: watch::Sender<Option<String>>,
+    /// The pod object is gone from the API server.
+    gone: watch::Sender<bool>,
+}
+
+type Tracking = Arc<Mutex<HashMap<Uuid, Tracked>>>;
+
+fn lock(tracked: &Tracking) -> std::sync::MutexGuard<'_, HashMap<Uuid, Tracked>> {
+    tracked.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub struct KubernetesBackend {
     pods: Api<Pod>,
     config: KubernetesConfig,
+    scope: String,
     events: Arc<EventLog>,
-    tracked: Arc<Mutex<HashMap<Uuid, Tracked>>>,
+    tracked: Tracking,
     cog: CogClient,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl KubernetesBackend {
     /// Connects to the cluster (at `api_url`, or as kube-rs infers) and
-    /// starts the pod and event watches.
-    pub async fn connect(config: &KubernetesConfig, events: Arc<EventLog>) -> anyhow::Result<Self> {
+    /// starts the pod and event watches. `scope` names the database this
+    /// server records instances in (as for the local backend).
+    pub async fn connect(
+        config: &KubernetesConfig,
+        scope: &str,
+        events: Arc<EventLog>,
+    ) -> anyhow::Result<Self> {
         let mut kube_config = match &config.api_url {
             Some(url) => kube::Config::new(url.parse()?),
             None => kube::Config::infer()
@@ -60,20 +85,35 @@ impl KubernetesBackend {
             kube_config.default_namespace = namespace.clone();
         }
         let client = Client::try_from(kube_config)?;
-        Ok(Self::new(client, config.clone(), events))
+        Ok(Self::new(client, config.clone(), scope, events))
     }
 
-    pub fn new(client: Client, config: KubernetesConfig, events: Arc<EventLog>) -> Self {
+    pub fn new(
+        client: Client,
+        config: KubernetesConfig,
+        scope: &str,
+        events: Arc<EventLog>,
+    ) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(scope.as_bytes());
+        let scope: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
         let pods: Api<Pod> = Api::default_namespaced(client.clone());
         let event_api: Api<Event> = Api::default_namespaced(client);
-        let tracked: Arc<Mutex<HashMap<Uuid, Tracked>>> = Arc::default();
+        let tracked: Tracking = Arc::default();
+        let selector = format!("{MANAGED_BY}=modelfleet,{SCOPE_LABEL}={scope}");
         let tasks = vec![
-            tokio::spawn(follow_pods(pods.clone(), tracked.clone())),
+            tokio::spawn(follow_pods(
+                pods.clone(),
+                selector,
+                tracked.clone(),
+                events.clone(),
+            )),
             tokio::spawn(follow_events(event_api, tracked.clone(), events.clone())),
         ];
         Self {
             pods,
             config,
+            scope,
             events,
             tracked,
             cog: CogClient::new(),
@@ -81,20 +121,30 @@ impl KubernetesBackend {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Tracked>> {
-        self.tracked.lock().unwrap_or_else(|e| e.into_inner())
+    fn selector(&self) -> String {
+        format!("{MANAGED_BY}=modelfleet,{SCOPE_LABEL}={}", self.scope)
     }
 
     /// Deletes the pod and forgets it; used when a start is given up.
     async fn abandon(&self, instance_id: Uuid, pod: &str) {
-        let _ = self.pods.delete(pod, &DeleteParams::default()).await;
-        self.lock().remove(&instance_id);
+        match self.pods.delete(pod, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            // Left for the next start-up's sweep of untracked pods.
+            Err(e) => {
+                tracing::warn!(instance_id = %instance_id, pod = %pod, error = %e, "cannot delete pod");
+            }
+        }
+        lock(&self.tracked).remove(&instance_id);
     }
 
-    /// Waits until the pod serves, fails for good, or the start times out.
+    /// Waits until the pod runs and its model answers READY, the pod fails
+    /// for good, or the start times out: one deadline for scheduling, pull,
+    /// container start and the model's setup.
     async fn wait_serving(
         &self,
         instance_id: Uuid,
+        port: u16,
         mut observed: watch::Receiver<Option<Observed>>,
     ) -> Result<(String, Observed), String> {
         let timeout = Duration::from_secs(self.config.start_timeout_secs);
@@ -103,45 +153,64 @@ impl KubernetesBackend {
         let mut last_wait: Option<String> = None;
         loop {
             let seen = observed.borrow_and_update().clone();
+            let mut serving = None;
             if let Some(seen) = seen {
                 if last_detail.as_ref() != Some(&seen.detail) {
                     last_detail = Some(seen.detail.clone());
                     self.events.detail(instance_id, seen.detail.clone()).await;
                 }
                 match &seen.stage {
-                    Stage::Serving { ip } => return Ok((ip.clone(), seen.clone())),
+                    Stage::Serving { ip } => serving = Some((ip.clone(), seen.clone())),
                     Stage::Ended { reason } => return Err(format!("the pod ended: {reason}")),
                     Stage::Troubled { reason, restarts } => {
-                        let crashing = matches!(reason.as_str(), "CrashLoopBackOff" | "OOMKilled");
-                        // A pull that failed is retried once (its back-off
-                        // ends the start); a crash loop gets its restarts;
-                        // an invalid image or container config ends it now.
-                        let give_up = if crashing {
-                            u32::try_from(*restarts).unwrap_or(0) >= self.config.max_restarts
-                        } else {
-                            reason != "ErrImagePull"
-                        };
-                        if give_up {
+                        if self.gives_up(reason, *restarts) {
                             return Err(format!("the pod cannot start: {reason}"));
                         }
                         last_wait = Some(reason.clone());
                     }
-                    Stage::Waiting { reason } => last_wait = reason.clone(),
+                    Stage::Waiting { reason } => last_wait.clone_from(reason),
                 }
             }
-            match tokio::time::timeout_at(deadline, observed.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err("the backend stopped".to_owned()),
-                Err(_) => {
-                    return Err(format!(
-                        "not ready within {} s{}",
-                        timeout.as_secs(),
-                        last_wait
-                            .map(|w| format!(" (waiting: {w})"))
-                            .unwrap_or_default()
-                    ));
+            // A running container may still be setting its model up: ask
+            // the model, and keep watching the pod meanwhile.
+            if let Some((ip, seen)) = serving {
+                let endpoint = format!("http://{ip}:{port}");
+                match self.cog.health(&endpoint).await {
+                    Ok(Health::Ready) => return Ok((endpoint, seen)),
+                    Ok(Health::SetupFailed(detail)) => {
+                        return Err(format!("setup failed: {detail}"));
+                    }
+                    _ => last_wait = Some("the model's setup".to_owned()),
                 }
             }
+            tokio::select! {
+                changed = observed.changed() => {
+                    if changed.is_err() {
+                        return Err("the backend stopped".to_owned());
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "not ready within {} s{}",
+                    timeout.as_secs(),
+                    last_wait
+                        .map(|w| format!(" (waiting for: {w})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+    }
+
+    /// A pull that failed is retried once (its back-off ends the start); a
+    /// crash loop gets `max_restarts`; an invalid image or container
+    /// configuration ends it at once.
+    fn gives_up(&self, reason: &str, restarts: i32) -> bool {
+        if matches!(reason, "CrashLoopBackOff" | "OOMKilled") {
+            u32::try_from(restarts).unwrap_or(0) >= self.config.max_restarts
+        } else {
+            reason != "ErrImagePull"
         }
     }
 }
@@ -166,22 +235,40 @@ impl Backend for KubernetesBackend {
         };
         let settings =
             PodSettings::parse(settings).map_err(|e| format!("bad kubernetes settings: {e:?}"))?;
-        let pod = settings.pod(&model.id, instance_id);
+        let mut pod = settings.pod(&model.id, instance_id);
+        if let Some(labels) = pod.metadata.labels.as_mut() {
+            labels.insert(SCOPE_LABEL.to_owned(), self.scope.clone());
+        }
         let name = pod_name(&model.id, instance_id);
         let (observed_tx, observed) = watch::channel(None);
         let (exited_tx, exited) = watch::channel(None);
         // Tracked before it exists, so that no watch event about it is lost.
-        self.lock().insert(
+        lock(&self.tracked).insert(
             instance_id,
             Tracked {
                 pod: name.clone(),
+                created: false,
+                served_restarts: None,
+                last_detail: None,
                 observed: observed_tx,
                 exited: exited_tx,
+                gone: watch::channel(false).0,
             },
         );
-        if let Err(e) = self.pods.create(&PostParams::default(), &pod).await {
-            self.lock().remove(&instance_id);
-            return Err(format!("the pod was not created: {e}"));
+        match self.pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => {
+                if let Some(t) = lock(&self.tracked).get_mut(&instance_id) {
+                    t.created = true;
+                }
+            }
+            Err(e) => {
+                // A refusal created nothing; a lost answer may have.
+                if !matches!(&e, kube::Error::Api(s) if s.code < 500) {
+                    let _ = self.pods.delete(&name, &DeleteParams::default()).await;
+                }
+                lock(&self.tracked).remove(&instance_id);
+                return Err(format!("the pod was not created: {e}"));
+            }
         }
         tracing::info!(instance_id = %instance_id, model_id = %model.id, pod = %name, "pod created");
         self.events
@@ -192,33 +279,16 @@ impl Backend for KubernetesBackend {
                 &format!("pod {name}"),
             )
             .await;
-        let (ip, seen) = match self.wait_serving(instance_id, observed).await {
+        let (endpoint, seen) = match self
+            .wait_serving(instance_id, settings.port, observed)
+            .await
+        {
             Ok(serving) => serving,
             Err(reason) => {
                 self.abandon(instance_id, &name).await;
                 return Err(reason);
             }
         };
-        let endpoint = format!("http://{ip}:{}", settings.port);
-        // The container runs; the model inside may still be setting up.
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_secs(self.config.start_timeout_secs);
-        loop {
-            match self.cog.health(&endpoint).await {
-                Ok(Health::Ready) => break,
-                Ok(Health::SetupFailed(detail)) => {
-                    self.abandon(instance_id, &name).await;
-                    return Err(format!("setup failed: {detail}"));
-                }
-                _ if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                _ => {
-                    self.abandon(instance_id, &name).await;
-                    return Err("the model never became ready".to_owned());
-                }
-            }
-        }
         let node = seen.detail["node"].as_str().map(str::to_owned);
         Ok(Started {
             endpoint,
@@ -230,12 +300,12 @@ impl Backend for KubernetesBackend {
     }
 
     async fn stop(&self, instance_id: Uuid) {
-        let (pod, mut exited) = {
-            let tracked = self.lock();
+        let (pod, mut gone) = {
+            let tracked = lock(&self.tracked);
             let Some(t) = tracked.get(&instance_id) else {
                 return;
             };
-            (t.pod.clone(), t.exited.subscribe())
+            (t.pod.clone(), t.gone.subscribe())
         };
         let grace = u32::try_from(self.config.stop_grace_secs).unwrap_or(u32::MAX);
         match self
@@ -244,24 +314,25 @@ impl Backend for KubernetesBackend {
             .await
         {
             Ok(_) => {
-                // Gone when the watch says so, or after the grace period.
+                // Over when the pod object is gone (a terminating pod still
+                // holds its node's resources), or after the grace period.
                 let wait = Duration::from_secs(self.config.stop_grace_secs + 5);
-                let _ = tokio::time::timeout(wait, exited.wait_for(Option::is_some)).await;
+                let _ = tokio::time::timeout(wait, gone.wait_for(|g| *g)).await;
             }
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(e) => {
                 tracing::warn!(instance_id = %instance_id, pod = %pod, error = %e, "cannot delete pod");
             }
         }
-        self.lock().remove(&instance_id);
+        lock(&self.tracked).remove(&instance_id);
     }
 
     fn owned(&self) -> Vec<Uuid> {
-        self.lock().keys().copied().collect()
+        lock(&self.tracked).keys().copied().collect()
     }
 
     async fn end_untracked(&self, tracked: &HashSet<Uuid>) -> usize {
-        let selector = format!("{MANAGED_BY}=modelfleet");
+        let selector = self.selector();
         let listed = match self
             .pods
             .list(&ListParams::default().labels(&selector))
@@ -275,13 +346,9 @@ impl Backend for KubernetesBackend {
         };
         let mut ended = 0;
         for pod in listed {
-            let instance = pod
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(INSTANCE_LABEL))
-                .and_then(|v| Uuid::parse_str(v).ok());
-            if instance.is_some_and(|id| tracked.contains(&id) || self.lock().contains_key(&id)) {
+            let known = instance_of(&pod)
+                .is_some_and(|id| tracked.contains(&id) || lock(&self.tracked).contains_key(&id));
+            if known {
                 continue;
             }
             if let Some(name) = pod.metadata.name
@@ -307,16 +374,58 @@ fn instance_of(pod: &Pod) -> Option<Uuid> {
         .and_then(|v| Uuid::parse_str(v).ok())
 }
 
-/// Follows every modelfleet pod in the namespace and tells each tracked
-/// instance what its pod is doing.
-async fn follow_pods(pods: Api<Pod>, tracked: Arc<Mutex<HashMap<Uuid, Tracked>>>) {
-    let config = watcher::Config::default().labels(&format!("{MANAGED_BY}=modelfleet"));
+fn restart_count(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+        .unwrap_or(0)
+}
+
+fn last_termination(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find_map(|c| c.last_state.as_ref()?.terminated.as_ref()?.reason.clone())
+}
+
+/// Follows every pod of this server in the namespace and tells each
+/// tracked instance what its pod is doing.
+async fn follow_pods(pods: Api<Pod>, selector: String, tracked: Tracking, log: Arc<EventLog>) {
+    let config = watcher::Config::default().labels(&selector);
     let mut stream = watcher(pods, config).boxed();
+    // Pods seen by a relist in progress: those missing from it were
+    // deleted while the watch was down (a relist sends no Delete).
+    let mut relisted: Option<HashSet<String>> = None;
     while let Some(event) = stream.next().await {
         let (pod, deleted) = match event {
-            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => (pod, false),
+            Ok(watcher::Event::Apply(pod)) => (pod, false),
+            Ok(watcher::Event::InitApply(pod)) => {
+                if let (Some(seen), Some(name)) = (relisted.as_mut(), pod.metadata.name.clone()) {
+                    seen.insert(name);
+                }
+                (pod, false)
+            }
             Ok(watcher::Event::Delete(pod)) => (pod, true),
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => continue,
+            Ok(watcher::Event::Init) => {
+                relisted = Some(HashSet::new());
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                let seen = relisted.take().unwrap_or_default();
+                let tracked = lock(&tracked);
+                for t in tracked
+                    .values()
+                    .filter(|t| t.created && !seen.contains(&t.pod))
+                {
+                    t.exited
+                        .send_replace(Some("the pod was deleted".to_owned()));
+                    t.gone.send_replace(true);
+                }
+                continue;
+            }
             Err(e) => {
                 // The watcher retries by itself; say so once per failure.
                 tracing::warn!(error = %e, "pod watch interrupted");
@@ -327,30 +436,55 @@ async fn follow_pods(pods: Api<Pod>, tracked: Arc<Mutex<HashMap<Uuid, Tracked>>>
         let Some(id) = instance_of(&pod) else {
             continue;
         };
-        let tracked = tracked.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(t) = tracked.get(&id) else { continue };
         let seen = observe(&pod);
-        if deleted {
-            t.exited
-                .send_replace(Some("the pod was deleted".to_owned()));
-        } else if let Stage::Ended { reason } = &seen.stage {
-            t.exited
-                .send_replace(Some(format!("the pod ended: {reason}")));
+        let detail = {
+            let mut tracked = lock(&tracked);
+            let Some(t) = tracked.get_mut(&id) else {
+                continue;
+            };
+            let restarts = restart_count(&pod);
+            if deleted {
+                t.exited
+                    .send_replace(Some("the pod was deleted".to_owned()));
+                t.gone.send_replace(true);
+            } else if let Stage::Ended { reason } = &seen.stage {
+                t.exited
+                    .send_replace(Some(format!("the pod ended: {reason}")));
+            } else if let Some(at_start) = t.served_restarts {
+                // Once serving, a container that died (and restarted in
+                // place) has lost whatever job it ran.
+                if restarts > at_start || matches!(seen.stage, Stage::Troubled { .. }) {
+                    let why =
+                        last_termination(&pod).unwrap_or_else(|| "no reason given".to_owned());
+                    t.exited
+                        .send_replace(Some(format!("the container restarted ({why})")));
+                }
+            } else if matches!(seen.stage, Stage::Serving { .. }) {
+                t.served_restarts = Some(restarts);
+            }
+            t.observed.send_replace(Some(seen.clone()));
+            // Serving instances show their pod as it changes; starting ones
+            // are shown by their start.
+            let changed =
+                t.served_restarts.is_some() && t.last_detail.as_ref() != Some(&seen.detail);
+            if changed {
+                t.last_detail = Some(seen.detail.clone());
+            }
+            changed.then_some(seen.detail)
+        };
+        if let Some(detail) = detail {
+            log.detail(id, detail).await;
         }
-        t.observed.send_replace(Some(seen));
     }
 }
 
 /// Records every Kubernetes event about a tracked pod as an instance event,
 /// with the event object as `raw`.
-async fn follow_events(
-    events: Api<Event>,
-    tracked: Arc<Mutex<HashMap<Uuid, Tracked>>>,
-    log: Arc<EventLog>,
-) {
+async fn follow_events(events: Api<Event>, tracked: Tracking, log: Arc<EventLog>) {
     let mut stream = watcher(events, watcher::Config::default()).boxed();
     // (uid, count) already recorded: an event seen again, on a relist or
-    // unchanged, is not recorded twice.
+    // unchanged, is not recorded twice. Cleared when it grows large, at
+    // the cost of a few repeats.
     let mut seen: HashSet<(String, i32)> = HashSet::new();
     while let Some(event) = stream.next().await {
         let event = match event {
@@ -368,14 +502,16 @@ async fn follow_events(
         let Some(pod) = event.involved_object.name.as_deref() else {
             continue;
         };
-        let instance = {
-            let tracked = tracked.lock().unwrap_or_else(|e| e.into_inner());
-            tracked
-                .iter()
-                .find(|(_, t)| t.pod == pod)
-                .map(|(id, _)| *id)
+        let instance = lock(&tracked)
+            .iter()
+            .find(|(_, t)| t.pod == pod)
+            .map(|(id, _)| *id);
+        let Some(instance) = instance else {
+            continue;
         };
-        let Some(instance) = instance else { continue };
+        if seen.len() > 100_000 {
+            seen.clear();
+        }
         let key = (
             event.metadata.uid.clone().unwrap_or_default(),
             event.count.unwrap_or(1),
