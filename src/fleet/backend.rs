@@ -28,6 +28,34 @@ pub struct Started {
     pub exited: watch::Receiver<Option<String>>,
 }
 
+/// Why a start failed: the whole story for operators (instance events and
+/// logs), and, when the backend has one, a short reason safe to show
+/// whoever submitted the waiting requests (`ImagePullBackOff`, say; never a
+/// model's own error output).
+#[derive(Debug, Clone)]
+pub struct StartError {
+    pub detail: String,
+    pub public: Option<String>,
+}
+
+impl StartError {
+    pub fn public(detail: String, public: &str) -> Self {
+        Self {
+            detail,
+            public: Some(public.to_owned()),
+        }
+    }
+}
+
+impl From<String> for StartError {
+    fn from(detail: String) -> Self {
+        Self {
+            detail,
+            public: None,
+        }
+    }
+}
+
 /// How a backend reports what happens: lifecycle changes, output lines and
 /// (on Kubernetes) cluster events go to the [`EventLog`] it is built with;
 /// the end of an instance comes through [`Started::exited`].
@@ -37,8 +65,7 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Starts an instance of `model` and waits until it is ready to serve.
-    /// The error is the reason, fit to show an operator.
-    async fn start(&self, model: &ModelSpec, instance_id: Uuid) -> Result<Started, String>;
+    async fn start(&self, model: &ModelSpec, instance_id: Uuid) -> Result<Started, StartError>;
 
     /// Stops an instance: asks it to end, then forces it after a grace
     /// period. Returns when it has ended.

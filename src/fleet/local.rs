@@ -22,7 +22,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::backend::{Backend, EventKind, EventLog, Started};
+use super::backend::{Backend, EventKind, EventLog, StartError, Started};
 use super::cog::{CogClient, Health};
 use crate::models::{LocalSpec, ModelSpec, SetupSpec};
 
@@ -252,7 +252,7 @@ impl Backend for LocalBackend {
         "local"
     }
 
-    async fn start(&self, model: &ModelSpec, instance_id: Uuid) -> Result<Started, String> {
+    async fn start(&self, model: &ModelSpec, instance_id: Uuid) -> Result<Started, StartError> {
         let local = model
             .local
             .as_ref()
@@ -357,7 +357,7 @@ impl Backend for LocalBackend {
         let timeout = Duration::from_secs(local.start_timeout_secs);
         if let Err(reason) = self.wait_ready(&endpoint, timeout, &mut exited).await {
             self.stop(instance_id).await;
-            return Err(reason);
+            return Err(reason.into());
         }
         Ok(Started {
             endpoint,

@@ -127,8 +127,9 @@ impl Ending {
 struct StartFailures {
     count: u32,
     last: tokio::time::Instant,
-    /// Why the last start failed.
-    reason: String,
+    /// Why the last start failed, when the backend gave a reason fit for
+    /// the requests' owners.
+    reason: Option<String>,
 }
 
 impl StartFailures {
@@ -417,10 +418,13 @@ impl Fleet {
                 // than keep them forever. One more start is tried when the
                 // back-off ends; a success clears all this.
                 if waiting > 0 {
+                    let why = match &failures.reason {
+                        Some(reason) => format!("the last: {reason}"),
+                        None => "the instance events say why".to_owned(),
+                    };
                     let reason = format!(
-                        "no instance of model `{}` could start ({} attempts in a row failed; \
-                         the last: {})",
-                        model.id, failures.count, failures.reason
+                        "no instance of model `{}` could start ({} attempts in a row failed; {why})",
+                        model.id, failures.count
                     );
                     self.fail_queued(&model.id, &reason).await?;
                 }
@@ -1001,7 +1005,8 @@ impl Fleet {
                     fleet.on_exit(id, &detail).await;
                 });
             }
-            Err(reason) => {
+            Err(failure) => {
+                let reason = failure.detail;
                 let stopped_meanwhile = self
                     .lock()
                     .instances
@@ -1022,11 +1027,11 @@ impl Fleet {
                             .or_insert(StartFailures {
                                 count: 0,
                                 last: tokio::time::Instant::now(),
-                                reason: String::new(),
+                                reason: None,
                             });
                     entry.count += 1;
                     entry.last = tokio::time::Instant::now();
-                    entry.reason.clone_from(&reason);
+                    entry.reason = failure.public;
                     if let Some(live) = state.instances.get_mut(&id) {
                         live.status = InstanceStatus::Failed;
                     }

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use super::pod::{INSTANCE_LABEL, MANAGED_BY, PodSettings, pod_name};
 use super::status::{Observed, Stage, observe};
 use crate::config::KubernetesConfig;
-use crate::fleet::backend::{Backend, EventKind, EventLog, Started};
+use crate::fleet::backend::{Backend, EventKind, EventLog, StartError, Started};
 use crate::fleet::cog::{CogClient, Health};
 use crate::models::ModelSpec;
 
@@ -146,7 +146,7 @@ impl KubernetesBackend {
         instance_id: Uuid,
         port: u16,
         mut observed: watch::Receiver<Option<Observed>>,
-    ) -> Result<(String, Observed), String> {
+    ) -> Result<(String, Observed), StartError> {
         let timeout = Duration::from_secs(self.config.start_timeout_secs);
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last_detail = None;
@@ -161,10 +161,16 @@ impl KubernetesBackend {
                 }
                 match &seen.stage {
                     Stage::Serving { ip } => serving = Some((ip.clone(), seen.clone())),
-                    Stage::Ended { reason } => return Err(format!("the pod ended: {reason}")),
+                    Stage::Ended { reason } => {
+                        return Err(StartError::public(
+                            format!("the pod ended: {reason}"),
+                            reason,
+                        ));
+                    }
                     Stage::Troubled { reason, restarts } => {
                         if self.gives_up(reason, *restarts) {
-                            return Err(format!("the pod cannot start: {reason}"));
+                            let detail = format!("the pod cannot start: {reason}");
+                            return Err(StartError::public(detail, reason));
                         }
                         last_wait = Some(reason.clone());
                     }
@@ -177,8 +183,9 @@ impl KubernetesBackend {
                 let endpoint = format!("http://{ip}:{port}");
                 match self.cog.health(&endpoint).await {
                     Ok(Health::Ready) => return Ok((endpoint, seen)),
+                    // The model's own words stay with the operators.
                     Ok(Health::SetupFailed(detail)) => {
-                        return Err(format!("setup failed: {detail}"));
+                        return Err(format!("the model's setup failed: {detail}").into());
                     }
                     _ => last_wait = Some("the model's setup".to_owned()),
                 }
@@ -186,19 +193,18 @@ impl KubernetesBackend {
             tokio::select! {
                 changed = observed.changed() => {
                     if changed.is_err() {
-                        return Err("the backend stopped".to_owned());
+                        return Err("the backend stopped".to_owned().into());
                     }
                 }
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "not ready within {} s{}",
-                    timeout.as_secs(),
-                    last_wait
-                        .map(|w| format!(" (waiting for: {w})"))
-                        .unwrap_or_default()
-                ));
+                let waiting = last_wait.unwrap_or_else(|| "the pod".to_owned());
+                let detail = format!(
+                    "not ready within {} s (waiting for: {waiting})",
+                    timeout.as_secs()
+                );
+                return Err(StartError::public(detail.clone(), &detail));
             }
         }
     }
@@ -229,9 +235,9 @@ impl Backend for KubernetesBackend {
         "kubernetes"
     }
 
-    async fn start(&self, model: &ModelSpec, instance_id: Uuid) -> Result<Started, String> {
+    async fn start(&self, model: &ModelSpec, instance_id: Uuid) -> Result<Started, StartError> {
         let Some(settings) = model.kubernetes.as_ref() else {
-            return Err(format!("model {} has no kubernetes settings", model.id));
+            return Err(format!("model {} has no kubernetes settings", model.id).into());
         };
         let settings =
             PodSettings::parse(settings).map_err(|e| format!("bad kubernetes settings: {e:?}"))?;
@@ -267,7 +273,7 @@ impl Backend for KubernetesBackend {
                     let _ = self.pods.delete(&name, &DeleteParams::default()).await;
                 }
                 lock(&self.tracked).remove(&instance_id);
-                return Err(format!("the pod was not created: {e}"));
+                return Err(format!("the pod was not created: {e}").into());
             }
         }
         tracing::info!(instance_id = %instance_id, model_id = %model.id, pod = %name, "pod created");
