@@ -679,3 +679,50 @@ db_test!(a_pod_deleted_while_the_watch_was_down_still_ends_its_instance, db => {
     let done = app.wait_done(&token, &second).await;
     assert_eq!(done["output"], "two", "{done}");
 });
+
+db_test!(pods_carry_their_request_and_max_instances_hold, db => {
+    let cluster = Cluster::start().await;
+    cluster.add_node(&NodeSpec::new("node", 16, 64));
+    // At most two instances (see `server_on`).
+    let (app, _admin) = server_on(&cluster, db, "example/sleepy:1").await;
+    let token = app.anonymous().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(app.submit(&token, "pods", json!({ "seconds": 1, "message": format!("r{i}") })).await);
+    }
+    // While they run, each busy pod names its request; never more than two pods.
+    let mut most_pods = 0;
+    let mut annotated = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let pods = cluster.store.list(Resource::POD, Some("modelfleet"));
+        most_pods = most_pods.max(pods.len());
+        for pod in &pods {
+            if let Some(request) = pod["metadata"]["annotations"]["modelfleet.io/request-id"].as_str() {
+                annotated.insert(request.to_owned());
+            }
+        }
+        let mut all_done = true;
+        for id in &ids {
+            let body = app.gql_as(&token, support::REQUEST, json!({ "id": id })).await;
+            all_done &= body["data"]["request"]["status"] == "SUCCEEDED";
+        }
+        if all_done {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "requests not done");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(most_pods <= 2, "{most_pods} pods at once");
+    assert!(annotated.len() >= 3, "requests seen on pods: {annotated:?}");
+    assert!(annotated.iter().all(|r| ids.contains(r)), "{annotated:?}");
+    // Idle again: no pod names a request.
+    app.eventually("the annotations to be cleared", 10, || async {
+        cluster
+            .store
+            .list(Resource::POD, Some("modelfleet"))
+            .iter()
+            .all(|p| p["metadata"]["annotations"]["modelfleet.io/request-id"].is_null())
+    })
+    .await;
+});

@@ -71,6 +71,10 @@ pub trait Backend: Send + Sync + 'static {
     /// period. Returns when it has ended.
     async fn stop(&self, instance_id: Uuid);
 
+    /// The request an instance runs now (`None` when idle or ending). The
+    /// Kubernetes backend notes it on the pod; it must not block.
+    fn assigned(&self, _instance_id: Uuid, _request_id: Option<Uuid>) {}
+
     /// The instances this backend runs now.
     fn owned(&self) -> Vec<Uuid>;
 

@@ -1148,6 +1148,7 @@ impl Fleet {
         } else {
             ChangeKind::Status
         };
+        self.backend.assigned(id, request);
         self.board.update(id, kind, |r| {
             r.status = status;
             r.request_id = request;

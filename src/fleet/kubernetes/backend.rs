@@ -23,7 +23,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::pod::{INSTANCE_LABEL, MANAGED_BY, PodSettings, pod_name};
+use super::pod::{INSTANCE_LABEL, MANAGED_BY, PodSettings, REQUEST_ANNOTATION, pod_name};
 use super::status::{Observed, Stage, observe};
 use crate::config::KubernetesConfig;
 use crate::fleet::backend::{Backend, EventKind, EventLog, StartError, Started};
@@ -48,6 +48,8 @@ struct Tracked {
     exited: watch::Sender<Option<String>>,
     /// The pod object is gone from the API server.
     gone: watch::Sender<bool>,
+    /// The request it runs, for the pod's annotation.
+    request: watch::Sender<Option<Uuid>>,
 }
 
 type Tracking = Arc<Mutex<HashMap<Uuid, Tracked>>>;
@@ -259,12 +261,18 @@ impl Backend for KubernetesBackend {
                 observed: observed_tx,
                 exited: exited_tx,
                 gone: watch::channel(false).0,
+                request: watch::channel(None).0,
             },
         );
         match self.pods.create(&PostParams::default(), &pod).await {
             Ok(_) => {
                 if let Some(t) = lock(&self.tracked).get_mut(&instance_id) {
                     t.created = true;
+                    tokio::spawn(annotate(
+                        self.pods.clone(),
+                        name.clone(),
+                        t.request.subscribe(),
+                    ));
                 }
             }
             Err(e) => {
@@ -333,6 +341,16 @@ impl Backend for KubernetesBackend {
         lock(&self.tracked).remove(&instance_id);
     }
 
+    fn assigned(&self, instance_id: Uuid, request_id: Option<Uuid>) {
+        if let Some(t) = lock(&self.tracked).get(&instance_id) {
+            t.request.send_if_modified(|current| {
+                let changed = *current != request_id;
+                *current = request_id;
+                changed
+            });
+        }
+    }
+
     fn owned(&self) -> Vec<Uuid> {
         lock(&self.tracked).keys().copied().collect()
     }
@@ -369,6 +387,23 @@ impl Backend for KubernetesBackend {
             }
         }
         ended
+    }
+}
+
+/// Keeps the pod's request annotation current, in order, latest value
+/// first when changes come faster than patches; ends with the instance.
+async fn annotate(pods: Api<Pod>, pod: String, mut request: watch::Receiver<Option<Uuid>>) {
+    use kube::api::{Patch, PatchParams};
+    while request.changed().await.is_ok() {
+        let value = request.borrow_and_update().map(|id| id.to_string());
+        let patch =
+            serde_json::json!({ "metadata": { "annotations": { REQUEST_ANNOTATION: value } } });
+        if let Err(e) = pods
+            .patch(&pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::debug!(pod = %pod, error = %e, "cannot annotate pod");
+        }
     }
 }
 

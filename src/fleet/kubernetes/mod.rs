@@ -3,9 +3,9 @@
 //! ([`status`]).
 //!
 //! Not yet built: adopting pods after a restart (they are deleted as
-//! untracked instead), the request-id annotation, the instance shown as
-//! PENDING (rather than STARTING) while its pod is unschedulable, and the
-//! Lease-based election of the scaler. `kubesim` is the simulated cluster
+//! untracked instead), the instance shown as PENDING (rather than
+//! STARTING) while its pod is unschedulable, and the Lease-based election
+//! of the scaler. `kubesim` is the simulated cluster
 //! the tests run against.
 
 pub mod backend;
