@@ -28,6 +28,18 @@ pub struct Started {
     pub exited: watch::Receiver<Option<String>>,
 }
 
+/// A short tag for the database a server records instances in (its URL
+/// and schema): backends mark what they start with it, so servers on other
+/// databases leave those instances alone.
+pub fn scope_tag(scope: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(scope.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Why a start failed: the whole story for operators (instance events and
 /// logs), and, when the backend has one, a short reason safe to show
 /// whoever submitted the waiting requests (`ImagePullBackOff`, say; never a

@@ -22,7 +22,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::backend::{Backend, EventKind, EventLog, StartError, Started};
+use super::backend::{Backend, EventKind, EventLog, StartError, Started, scope_tag};
 use super::cog::{CogClient, Health};
 use crate::models::{LocalSpec, ModelSpec, SetupSpec};
 
@@ -55,9 +55,8 @@ struct Child {
 impl LocalBackend {
     /// `scope` names the database this server records instances in.
     pub fn new(scope: &str, events: Arc<EventLog>) -> Self {
-        let digest = Sha256::digest(scope.as_bytes());
         Self {
-            scope: digest.iter().take(8).map(|b| format!("{b:02x}")).collect(),
+            scope: scope_tag(scope),
             events,
             cog: CogClient::new(),
             children: Mutex::new(HashMap::new()),

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use super::pod::{INSTANCE_LABEL, MANAGED_BY, PodSettings, REQUEST_ANNOTATION, pod_name};
 use super::status::{Observed, Stage, observe};
 use crate::config::KubernetesConfig;
-use crate::fleet::backend::{Backend, EventKind, EventLog, StartError, Started};
+use crate::fleet::backend::{Backend, EventKind, EventLog, StartError, Started, scope_tag};
 use crate::fleet::cog::{CogClient, Health};
 use crate::models::ModelSpec;
 
@@ -96,9 +96,7 @@ impl KubernetesBackend {
         scope: &str,
         events: Arc<EventLog>,
     ) -> Self {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(scope.as_bytes());
-        let scope: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let scope = scope_tag(scope);
         let pods: Api<Pod> = Api::default_namespaced(client.clone());
         let event_api: Api<Event> = Api::default_namespaced(client);
         let tracked: Tracking = Arc::default();
