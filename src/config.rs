@@ -769,6 +769,24 @@ mod tests {
             err.contains("`kubernetes.backend`") && err.contains("`iris`"),
             "{err}"
         );
+        for (key, value, named) in [
+            (
+                "MODELFLEET_KUBERNETES__API_URL",
+                "not a url",
+                "`kubernetes.api_url`",
+            ),
+            (
+                "MODELFLEET_KUBERNETES__START_TIMEOUT_SECS",
+                "0",
+                "`kubernetes.start_timeout_secs`",
+            ),
+            ("MODELFLEET_BACKEND", "docker", "kubernetes.backend"),
+        ] {
+            let err = Config::load_from(None, env(&[(key, value)]))
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(named), "{key}: {err}");
+        }
         let err = Config::load_from(None, env(&[("MODELFLEET_GRAPHQL__MAX_DEPTH", "abc")]))
             .expect_err("bad env")
             .to_string();

@@ -239,6 +239,14 @@ async fn until(pods: &Api<Pod>, name: &str, what: &str, check: impl Fn(&Pod) -> 
     }
 }
 
+/// Waits until `name` runs.
+async fn until_running(pods: &Api<Pod>, name: &str) -> Pod {
+    until(pods, name, "ran", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await
+}
+
 fn waiting_reason(pod: &Pod) -> Option<String> {
     pod.status
         .as_ref()?
@@ -277,10 +285,7 @@ async fn pods_are_scheduled_where_they_fit_and_serve_cog_on_their_own_address() 
     )
     .await
     .expect("created");
-    let running = until(&pods, "fits", "ran", |p| {
-        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-    })
-    .await;
+    let running = until_running(&pods, "fits").await;
     assert_eq!(
         running.spec.as_ref().and_then(|s| s.node_name.as_deref()),
         Some("small")
@@ -348,10 +353,7 @@ async fn pods_are_scheduled_where_they_fit_and_serve_cog_on_their_own_address() 
         Some("0/1 nodes are available: 1 Insufficient cpu.")
     );
     cluster.add_node(&NodeSpec::new("large", 4, 8));
-    let bound = until(&pods, "big", "ran", |p| {
-        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-    })
-    .await;
+    let bound = until_running(&pods, "big").await;
     assert_eq!(
         bound.spec.and_then(|s| s.node_name).as_deref(),
         Some("large")
@@ -396,10 +398,7 @@ async fn gpu_nodes_take_only_pods_that_tolerate_them() {
     pods.create(&PostParams::default(), &wants_gpu)
         .await
         .expect("created");
-    until(&pods, "gpu-model", "ran", |p| {
-        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-    })
-    .await;
+    until_running(&pods, "gpu-model").await;
 
     // The node's one GPU is taken.
     let mut second = serde_json::to_value(&wants_gpu).expect("json");
@@ -464,10 +463,7 @@ async fn image_pull_failures_crash_loops_and_evictions_show_as_kubernetes_report
     )
     .await
     .expect("created");
-    let running = until(&pods, "evicted", "ran", |p| {
-        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-    })
-    .await;
+    let running = until_running(&pods, "evicted").await;
     let ip = running.status.and_then(|s| s.pod_ip).expect("an IP");
     cluster.evict("modelfleet", "evicted");
     let gone = until(&pods, "evicted", "was evicted", |p| {
@@ -495,10 +491,7 @@ async fn image_pull_failures_crash_loops_and_evictions_show_as_kubernetes_report
     )
     .await
     .expect("created");
-    until(&pods, "on-lost-node", "ran", |p| {
-        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-    })
-    .await;
+    until_running(&pods, "on-lost-node").await;
     cluster.lose_node("node");
     until(&pods, "on-lost-node", "was lost", |p| {
         p.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("NodeLost")
