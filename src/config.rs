@@ -311,6 +311,11 @@ pub struct KubernetesConfig {
     /// pod is given up (an image that cannot be pulled is given up after
     /// its first back-off). Default 3.
     pub max_restarts: u32,
+    /// `kubernetes.lease_duration_secs`: how long the scaler's Lease
+    /// (`coordination.k8s.io`) holds without renewal. A replica takes over
+    /// from a leader that died within this time; the leader renews every
+    /// third of it. Default 15.
+    pub lease_duration_secs: u64,
 }
 
 impl Default for KubernetesConfig {
@@ -322,6 +327,7 @@ impl Default for KubernetesConfig {
             start_timeout_secs: 600,
             stop_grace_secs: 30,
             max_restarts: 3,
+            lease_duration_secs: 15,
         }
     }
 }
@@ -465,6 +471,9 @@ impl Config {
         }
         if self.kubernetes.start_timeout_secs == 0 {
             return rule("kubernetes.start_timeout_secs", "must be at least 1");
+        }
+        if self.kubernetes.lease_duration_secs < 3 {
+            return rule("kubernetes.lease_duration_secs", "must be at least 3");
         }
         if self.kubernetes.backend == BackendKind::Kubernetes
             && let Some(model) = self

@@ -1,13 +1,18 @@
 //! The Kubernetes backend: one pod per instance ([`backend`]), made from a
 //! model's settings ([`pod`]), its status read for the instance
 //! ([`status`]).
-//!
-//! Not yet built: adopting pods after a restart (they are deleted as
-//! untracked instead), the instance shown as PENDING (rather than
-//! STARTING) while its pod is unschedulable, and the Lease-based election
-//! of the scaler. `kubesim` is the simulated cluster
-//! the tests run against.
+//! `kubesim` is the simulated cluster the tests run against.
 
 pub mod backend;
 pub mod pod;
 pub mod status;
+
+/// Every call the server makes to the Kubernetes API, as RBAC names it:
+/// (API group, resource, verbs). The Role in `deploy/` grants exactly
+/// these; tests check the Role against this list and the calls seen by the
+/// simulated API server against it.
+pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
+    ("", "pods", &["create", "delete", "list", "patch", "watch"]),
+    ("", "events", &["list", "watch"]),
+    ("coordination.k8s.io", "leases", &["create", "get", "update"]),
+];
