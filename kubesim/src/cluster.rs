@@ -10,7 +10,8 @@
 //!
 //! The model server every pod runs behaves like the `sleepy` example:
 //! `seconds` waits, `fail` fails with `message`, anything else succeeds
-//! with `message`.
+//! with `message`; like Cog, it runs one prediction at a time and cancels
+//! one by id.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -559,31 +560,91 @@ fn event(store: &Store, pod: &Value, kind: &str, reason: &str, message: &str) {
     );
 }
 
-/// A model server speaking Cog's HTTP API, like the `sleepy` example.
+/// The prediction a model server is running: its id, and how to cancel it.
+type Prediction = Arc<Mutex<Option<(String, Arc<tokio::sync::Notify>)>>>;
+
+/// A model server speaking Cog's HTTP API, like the `sleepy` example, and
+/// as Cog does: one prediction at a time (`409` while busy, `BUSY` on the
+/// health check), cancelled by id, and run to its end even when the client
+/// goes away.
 fn model_server() -> axum::Router {
+    let running = Prediction::default();
+    let health = running.clone();
+    let cancels = running.clone();
     axum::Router::new()
         .route(
             "/health-check",
-            get(|| async { Json(json!({ "status": "READY" })) }),
-        )
-        .route(
-            "/predictions",
-            post(|Json(body): Json<Value>| async move {
-                let input = &body["input"];
-                let seconds = input["seconds"].as_f64().unwrap_or(0.0).max(0.0);
-                tokio::time::sleep(Duration::from_secs_f64(seconds.min(3600.0))).await;
-                let message = input["message"].as_str().unwrap_or("done");
-                if input["fail"] == true {
-                    Json(json!({ "status": "failed", "error": message }))
-                } else {
-                    Json(json!({ "status": "succeeded", "output": message }))
-                }
+            get(move || {
+                let busy = lock(&health).is_some();
+                async move { Json(json!({ "status": if busy { "BUSY" } else { "READY" } })) }
             }),
         )
         .route(
-            "/predictions/{id}/cancel",
-            post(|| async { Json(json!({})) }),
+            "/predictions",
+            post(move |Json(body): Json<Value>| predict(running.clone(), body)),
         )
+        .route(
+            "/predictions/{id}/cancel",
+            post(
+                move |axum::extract::Path(id): axum::extract::Path<String>| {
+                    let found = match lock(&cancels).as_ref() {
+                        Some((running, cancel)) if *running == id => {
+                            cancel.notify_one();
+                            true
+                        }
+                        _ => false,
+                    };
+                    async move {
+                        let code = if found {
+                            axum::http::StatusCode::OK
+                        } else {
+                            axum::http::StatusCode::NOT_FOUND
+                        };
+                        (code, Json(json!({})))
+                    }
+                },
+            ),
+        )
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn predict(running: Prediction, body: Value) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    let cancel = Arc::new(tokio::sync::Notify::new());
+    {
+        let mut slot = lock(&running);
+        if slot.is_some() {
+            let busy = json!({ "detail": "Already running a prediction" });
+            return (axum::http::StatusCode::CONFLICT, Json(busy)).into_response();
+        }
+        *slot = Some((id, cancel.clone()));
+    }
+    // Its own task: the prediction goes on if the client disconnects.
+    let work = tokio::spawn(async move {
+        let input = &body["input"];
+        let seconds = input["seconds"].as_f64().unwrap_or(0.0).max(0.0);
+        let finished = tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs_f64(seconds.min(3600.0))) => true,
+            () = cancel.notified() => false,
+        };
+        *lock(&running) = None;
+        let message = input["message"].as_str().unwrap_or("done");
+        if !finished {
+            json!({ "status": "canceled" })
+        } else if input["fail"] == true {
+            json!({ "status": "failed", "error": message })
+        } else {
+            json!({ "status": "succeeded", "output": message })
+        }
+    });
+    match work.await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 #[cfg(test)]

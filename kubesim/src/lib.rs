@@ -15,7 +15,9 @@
 //! - one global `resourceVersion`, raised by every write and set on every
 //!   object it returns;
 //! - list (with a list `resourceVersion`), get, create (`409` when the name
-//!   is taken; `generateName`), delete, and JSON merge patch (RFC 7386);
+//!   is taken; `generateName`), replace (`409` when the `resourceVersion`
+//!   it names is not the stored one), delete, and JSON merge patch
+//!   (RFC 7386);
 //! - label selectors of the `k=v`, `k!=v`, `k` and `!k` forms;
 //! - watches as newline-delimited JSON events: everything after the asked
 //!   version, then live changes, bookmarks when asked for, closed after
@@ -329,6 +331,46 @@ impl Store {
         })
     }
 
+    /// Replaces an object, as `PUT` does: when the new object names a
+    /// `resourceVersion`, it must be the stored one (`409 Conflict`
+    /// otherwise), which is how clients update without losing a write.
+    pub fn replace(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        name: &str,
+        mut object: Value,
+    ) -> Result<Value, ApiError> {
+        let mut inner = self.lock();
+        let key = (resource, scope(resource, namespace), name.to_owned());
+        let Some(stored) = inner.objects.get(&key) else {
+            return Err(ApiError::not_found(resource, name));
+        };
+        let stored_meta = stored["metadata"].clone();
+        let meta = metadata(&mut object);
+        if let Some(asked) = meta.get("resourceVersion").and_then(Value::as_str)
+            && Some(asked) != stored_meta["resourceVersion"].as_str()
+        {
+            return Err(ApiError {
+                code: 409,
+                reason: "Conflict",
+                message: format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified",
+                    resource.plural
+                ),
+            });
+        }
+        if meta.get("name").and_then(Value::as_str) != Some(name) {
+            return Err(ApiError::invalid("metadata.name: does not match the path"));
+        }
+        for kept in ["namespace", "uid", "creationTimestamp"] {
+            if let Some(value) = stored_meta.get(kept) {
+                meta.insert(kept.into(), value.clone());
+            }
+        }
+        Ok(inner.commit(&self.changes, key, object, "MODIFIED"))
+    }
+
     /// Removes an object; watchers get `DELETED` with its last state.
     pub fn delete(
         &self,
@@ -361,7 +403,7 @@ impl Store {
             .route("/api/{version}/{plural}", get(collection).post(create))
             .route(
                 "/api/{version}/{plural}/{name}",
-                get(item).delete(item).patch(item),
+                get(item).delete(item).patch(item).put(item),
             )
             .route(
                 "/api/{version}/namespaces/{ns}/{plural}",
@@ -369,7 +411,7 @@ impl Store {
             )
             .route(
                 "/api/{version}/namespaces/{ns}/{plural}/{name}",
-                get(item_ns).delete(item_ns).patch(item_ns),
+                get(item_ns).delete(item_ns).patch(item_ns).put(item_ns),
             )
             .route("/apis/{group}/{version}/{plural}", get(group_collection))
             .route(
@@ -380,7 +422,8 @@ impl Store {
                 "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}",
                 get(group_item_ns)
                     .delete(group_item_ns)
-                    .patch(group_item_ns),
+                    .patch(group_item_ns)
+                    .put(group_item_ns),
             )
             .with_state(self.clone())
     }
@@ -728,6 +771,13 @@ fn one(
                 .get(r, ns, name)
                 .ok_or_else(|| ApiError::not_found(r, name)),
             Method::DELETE => store.delete(r, ns, name),
+            Method::PUT => serde_json::from_slice(&body)
+                .map_err(|e| ApiError {
+                    code: 400,
+                    reason: "BadRequest",
+                    message: e.to_string(),
+                })
+                .and_then(|object| store.replace(r, ns, name, object)),
             Method::PATCH => {
                 let kind = headers
                     .get(header::CONTENT_TYPE)
@@ -1003,5 +1053,40 @@ mod tests {
         assert_eq!(store.list(Resource::POD, Some("ns")).len(), 1);
         store.delete(Resource::POD, "ns", "p").expect("deleted");
         assert!(store.get(Resource::POD, "ns", "p").is_none());
+    }
+
+    #[test]
+    fn a_replace_must_name_the_stored_version() {
+        let store = Store::new();
+        let lease = store
+            .create(
+                Resource::LEASE,
+                "ns",
+                json!({ "metadata": { "name": "l" }, "spec": {} }),
+            )
+            .expect("created");
+        let mut mine = lease.clone();
+        mine["spec"]["holderIdentity"] = json!("a");
+        let written = store
+            .replace(Resource::LEASE, "ns", "l", mine)
+            .expect("replaced");
+        assert_eq!(written["spec"]["holderIdentity"], "a");
+        assert_eq!(written["metadata"]["uid"], lease["metadata"]["uid"]);
+        // A second writer still holding the first version loses.
+        let mut theirs = lease;
+        theirs["spec"]["holderIdentity"] = json!("b");
+        let refused = store
+            .replace(Resource::LEASE, "ns", "l", theirs.clone())
+            .expect_err("a stale version is refused");
+        assert_eq!(refused.code, 409);
+        // Without a version, the write is unconditional.
+        theirs["metadata"]
+            .as_object_mut()
+            .expect("metadata")
+            .remove("resourceVersion");
+        let forced = store
+            .replace(Resource::LEASE, "ns", "l", theirs)
+            .expect("replaced");
+        assert_eq!(forced["spec"]["holderIdentity"], "b");
     }
 }
