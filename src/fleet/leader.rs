@@ -1,11 +1,12 @@
-//! One scaler per database. Several servers may share one PostgreSQL; only
+//! One scaler per database. Several servers may share one database; only
 //! the one holding the lock runs the scaler (and recovery), the others
 //! serve the API and wait to take over.
 //!
-//! On PostgreSQL the lock is a session advisory lock on a connection of its
-//! own, keyed by the schema; it is released when that connection ends,
-//! however the server ends. On SQLite it is an exclusive `flock` on a file
-//! beside the database.
+//! With the Kubernetes backend the lock is a `coordination.k8s.io` Lease
+//! (see [`LeaseLock`]). Otherwise, on PostgreSQL it is a session advisory
+//! lock on a connection of its own, keyed by the schema; it is released
+//! when that connection ends, however the server ends. On SQLite it is an
+//! exclusive `flock` on a file beside the database.
 
 use std::time::Duration;
 
@@ -13,8 +14,19 @@ use nix::fcntl::{Flock, FlockArg};
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
 use sea_orm::sqlx::{ConnectOptions, Connection, Row};
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
+use super::kubernetes::lease::LeaseLock;
 use crate::config::DatabaseConfig;
+
+/// How the servers sharing a database choose the one running the scaler.
+#[derive(Clone)]
+pub enum Election {
+    /// A lock in (or beside) the database.
+    Database(DatabaseConfig),
+    /// A Lease on the cluster the instances run on.
+    Lease(Box<LeaseLock>),
+}
 
 /// Held while this server runs the scaler.
 pub enum Leadership {
@@ -22,11 +34,32 @@ pub enum Leadership {
     Sqlite(Flock<std::fs::File>),
     /// An in-memory SQLite database: nothing else can share it.
     Alone,
+    /// Renewed by its own task, so that a long scaler pass cannot let it
+    /// run out.
+    Lease {
+        held: watch::Receiver<bool>,
+        release: Option<tokio::sync::oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<()>,
+    },
 }
 
 impl Leadership {
     /// Tries once to take the lock; `Ok(None)` when another server holds it.
-    pub async fn try_acquire(config: &DatabaseConfig) -> Result<Option<Leadership>, String> {
+    pub async fn try_acquire(election: &Election) -> Result<Option<Leadership>, String> {
+        match election {
+            Election::Database(config) => Self::try_lock_database(config).await,
+            Election::Lease(lock) => {
+                let mut lock = LeaseLock::clone(lock);
+                match lock.try_acquire().await {
+                    Ok(true) => Ok(Some(Self::keep_lease(lock))),
+                    Ok(false) => Ok(None),
+                    Err(e) => Err(format!("cannot read the scaler lease: {e}")),
+                }
+            }
+        }
+    }
+
+    async fn try_lock_database(config: &DatabaseConfig) -> Result<Option<Leadership>, String> {
         if config.is_sqlite() {
             return sqlite_lock(&config.url);
         }
@@ -53,25 +86,71 @@ impl Leadership {
         }
     }
 
+    /// Renews a lease just taken every third of its duration, until it is
+    /// lost or released.
+    fn keep_lease(mut lock: LeaseLock) -> Leadership {
+        let (held_tx, held) = watch::channel(true);
+        let (release, mut released) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(lock.duration() / 3) => {}
+                    _ = &mut released => {
+                        lock.release().await;
+                        return;
+                    }
+                }
+                if !lock.renew().await {
+                    held_tx.send_replace(false);
+                    return;
+                }
+            }
+        });
+        Leadership::Lease {
+            held,
+            release: Some(release),
+            task,
+        }
+    }
+
     /// Whether the lock still holds: its session is alive and answers in
-    /// time (a session lock lasts as long as its session).
+    /// time (a session lock lasts as long as its session), or the lease
+    /// was renewed in time.
     pub async fn still_held(&mut self) -> bool {
         match self {
             Leadership::Postgres(conn) => tokio::time::timeout(Duration::from_secs(2), conn.ping())
                 .await
                 .is_ok_and(|r| r.is_ok()),
             Leadership::Sqlite(_) | Leadership::Alone => true,
+            Leadership::Lease { held, .. } => *held.borrow(),
+        }
+    }
+
+    /// Lets another server take over now (a lease is handed back rather
+    /// than left to run out).
+    pub async fn release(mut self) {
+        if let Leadership::Lease { release, task, .. } = &mut self
+            && let Some(release) = release.take()
+        {
+            let _ = release.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
     }
 
     /// Waits until this server holds the lock, or `stop` completes first.
     pub async fn acquire(
-        config: &DatabaseConfig,
+        election: &Election,
         mut stop: impl FnMut() -> bool,
     ) -> Option<Leadership> {
         let mut waiting_logged = false;
+        // A lease is checked often, so that a dead leader is replaced soon
+        // after its lease runs out.
+        let retry = match election {
+            Election::Database(_) => Duration::from_secs(5),
+            Election::Lease(lock) => (lock.duration() / 5).min(Duration::from_secs(2)),
+        };
         loop {
-            match Self::try_acquire(config).await {
+            match Self::try_acquire(election).await {
                 Ok(Some(held)) => return Some(held),
                 Ok(None) if !waiting_logged => {
                     tracing::info!("another server runs the scaler; waiting to take over");
@@ -80,12 +159,24 @@ impl Leadership {
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot take the scaler lock"),
             }
-            for _ in 0..50 {
+            let waited = tokio::time::Instant::now();
+            while waited.elapsed() < retry {
                 if stop() {
                     return None;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        if let Leadership::Lease { task, release, .. } = self
+            && release.is_some()
+        {
+            // Dropped without release: stop renewing, let it run out.
+            task.abort();
         }
     }
 }
@@ -134,6 +225,7 @@ mod tests {
             url: format!("sqlite://{}?mode=rwc", dir.path().join("x.db").display()),
             ..Default::default()
         };
+        let config = Election::Database(config);
         let first = Leadership::try_acquire(&config).await.expect("lock");
         assert!(matches!(first, Some(Leadership::Sqlite(_))));
         assert!(

@@ -1,9 +1,10 @@
 //! The Kubernetes backend: one pod per instance ([`backend`]), made from a
 //! model's settings ([`pod`]), its status read for the instance
-//! ([`status`]).
+//! ([`status`]); the scaler's election through a Lease ([`lease`]).
 //! `kubesim` is the simulated cluster the tests run against.
 
 pub mod backend;
+pub mod lease;
 pub mod pod;
 pub mod status;
 
@@ -14,5 +15,9 @@ pub mod status;
 pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ("", "pods", &["create", "delete", "list", "patch", "watch"]),
     ("", "events", &["list", "watch"]),
-    ("coordination.k8s.io", "leases", &["create", "get", "update"]),
+    (
+        "coordination.k8s.io",
+        "leases",
+        &["create", "get", "update"],
+    ),
 ];
