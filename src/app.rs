@@ -20,6 +20,7 @@ use crate::fleet::backend::Backend;
 use crate::fleet::backend::EventLog;
 use crate::fleet::board::InstanceBoard;
 use crate::fleet::kubernetes::backend::KubernetesBackend;
+use crate::fleet::leader::Election;
 use crate::fleet::local::LocalBackend;
 use crate::graphql::{self, AppSchema, EventsLoader, ModelLoader};
 use crate::metrics::Metrics;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub stats: StatsService,
     pub retention: Retention,
     pub fleet: Arc<Fleet>,
+    /// How this server takes its turn running the scaler.
+    pub election: Election,
     pub board: Arc<InstanceBoard>,
     pub metrics: Arc<Metrics>,
     pub schema: AppSchema,
@@ -75,18 +78,34 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("cannot save the configured models: {e}"))?;
         let board = Arc::new(InstanceBoard::default());
         let events = EventLog::new(db.clone(), board.clone());
+        // Without the password, so that changing it does not orphan the
+        // instances (pods) the server left running.
+        let mut database = config.database.url.clone();
+        if let Ok(mut url) = url::Url::parse(&database)
+            && url.password().is_some()
+            && url.set_password(None).is_ok()
+        {
+            database = url.to_string();
+        }
         let scope = format!(
-            "{}#{}",
-            config.database.url,
+            "{database}#{}",
             config.database.schema.as_deref().unwrap_or("")
         );
-        let backend: Arc<dyn Backend> = match config.kubernetes.backend {
-            BackendKind::Local => Arc::new(LocalBackend::new(&scope, events.clone())),
-            BackendKind::Kubernetes => Arc::new(
-                KubernetesBackend::connect(&config.kubernetes, &scope, events.clone())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot reach Kubernetes: {e}"))?,
+        // The servers sharing a database elect one scaler: through a Lease
+        // on the cluster their pods run on, or a lock in the database.
+        let (backend, election): (Arc<dyn Backend>, Election) = match config.kubernetes.backend {
+            BackendKind::Local => (
+                Arc::new(LocalBackend::new(&scope, events.clone())),
+                Election::Database(config.database.clone()),
             ),
+            BackendKind::Kubernetes => {
+                let backend =
+                    KubernetesBackend::connect(&config.kubernetes, &scope, events.clone())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot reach Kubernetes: {e}"))?;
+                let lease = backend.lease();
+                (Arc::new(backend), Election::Lease(Box::new(lease)))
+            }
         };
         let metrics = Arc::new(Metrics::new());
         let fleet = Fleet::new(
@@ -123,6 +142,7 @@ impl Application {
             stats,
             retention,
             fleet,
+            election,
             board,
             metrics,
             schema,
@@ -165,7 +185,7 @@ impl Application {
             state
                 .fleet
                 .clone()
-                .run(state.config.database.clone(), state.shutdown.clone()),
+                .run(state.election.clone(), state.shutdown.clone()),
         );
         let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();

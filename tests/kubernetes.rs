@@ -569,20 +569,30 @@ db_test!(an_unschedulable_pod_shows_why_and_runs_once_a_node_fits, db => {
     let token = app.anonymous().await;
     let id = app.submit(&token, "pods", json!({ "message": "waited" })).await;
 
-    // The starting instance shows the scheduler's verdict and its event.
+    // The instance is PENDING, with the scheduler's verdict and its event.
     app.eventually("the instance to show Unschedulable", 30, || async {
         let body = app.gql_as(&admin, INSTANCES, json!({ "f": { "modelIds": ["pods"] } })).await;
         let instance = &body["data"]["instances"]["nodes"][0];
-        instance["statusDetail"]["conditions"][0]["reason"] == "Unschedulable"
+        instance["status"] == "PENDING"
+            && instance["statusDetail"]["conditions"][0]["reason"] == "Unschedulable"
             && instance["events"].as_array().is_some_and(|events| {
                 events.iter().any(|e| e["reason"] == "FailedScheduling" && e["type"] == "WARNING")
             })
     })
     .await;
 
+    // Still PENDING a while later: it has nowhere to go.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let body = app.gql_as(&admin, INSTANCES, json!({ "f": { "modelIds": ["pods"] } })).await;
+    assert_eq!(body["data"]["instances"]["nodes"][0]["status"], "PENDING", "{body}");
+
     cluster.add_node(&NodeSpec::new("roomy", 4, 16));
     let done = app.wait_done(&token, &id).await;
     assert_eq!(done["output"], "waited", "{done}");
+    // Placed, it started and serves.
+    let body = app.gql_as(&admin, INSTANCES, json!({ "f": { "modelIds": ["pods"] } })).await;
+    let instance = &body["data"]["instances"]["nodes"][0];
+    assert_eq!(instance["status"], "READY", "{body}");
 });
 
 db_test!(an_image_that_cannot_be_pulled_fails_the_requests_with_the_reason, db => {

@@ -1,5 +1,5 @@
-//! What starts instances. The local backend (child processes) implements it
-//! now; a Kubernetes backend (pods) will.
+//! What starts instances: the local backend (child processes) and the
+//! Kubernetes backend (pods).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -40,6 +40,25 @@ pub fn scope_tag(scope: &str) -> String {
         .collect()
 }
 
+/// Said once by a backend when an instance being started has a place to
+/// run (a node, for a pod): until then the instance shows as `PENDING`,
+/// then as `STARTING`.
+pub struct Placed(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Placed {
+    pub fn new() -> (Placed, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Placed(Some(tx)), rx)
+    }
+
+    /// Says it (the first time only).
+    pub fn now(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// Why a start failed: the whole story for operators (instance events and
 /// logs), and, when the backend has one, a short reason safe to show
 /// whoever submitted the waiting requests (`ImagePullBackOff`, say; never a
@@ -76,8 +95,14 @@ pub trait Backend: Send + Sync + 'static {
     /// `local` or `kubernetes`.
     fn name(&self) -> &'static str;
 
-    /// Starts an instance of `model` and waits until it is ready to serve.
-    async fn start(&self, model: &ModelSpec, instance_id: Uuid) -> Result<Started, StartError>;
+    /// Starts an instance of `model` and waits until it is ready to serve,
+    /// saying `placed` once it has a place to run.
+    async fn start(
+        &self,
+        model: &ModelSpec,
+        instance_id: Uuid,
+        placed: Placed,
+    ) -> Result<Started, StartError>;
 
     /// Stops an instance: asks it to end, then forces it after a grace
     /// period. Returns when it has ended.
@@ -89,6 +114,25 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The instances this backend runs now.
     fn owned(&self) -> Vec<Uuid>;
+
+    /// Whether instances outlive the server that started them (pods do,
+    /// child processes do not). A scaler that shuts down or loses the
+    /// election then leaves them running, released, and the next scaler
+    /// adopts them.
+    fn hands_over(&self) -> bool {
+        false
+    }
+
+    /// Takes over an instance that an earlier scaler started and left
+    /// running, and returns as [`Backend::start`] does once it answers
+    /// (busy with an old job counts: the caller cancels that job).
+    async fn adopt(&self, model: &ModelSpec, instance_id: Uuid) -> Result<Started, StartError> {
+        let _ = (model, instance_id);
+        Err(format!("the {} backend cannot adopt instances", self.name()).into())
+    }
+
+    /// Forgets an instance without stopping it: it is handed over.
+    fn release(&self, _instance_id: Uuid) {}
 
     /// Ends every instance this backend finds that is not in `tracked`
     /// (left by an earlier run of the server). Returns how many it ended.

@@ -22,7 +22,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::backend::{Backend, EventKind, EventLog, StartError, Started, scope_tag};
+use super::backend::{Backend, EventKind, EventLog, Placed, StartError, Started, scope_tag};
 use super::cog::{CogClient, Health};
 use crate::models::{LocalSpec, ModelSpec, SetupSpec};
 
@@ -251,7 +251,14 @@ impl Backend for LocalBackend {
         "local"
     }
 
-    async fn start(&self, model: &ModelSpec, instance_id: Uuid) -> Result<Started, StartError> {
+    async fn start(
+        &self,
+        model: &ModelSpec,
+        instance_id: Uuid,
+        mut placed: Placed,
+    ) -> Result<Started, StartError> {
+        // A process runs here as soon as it starts: its setup is starting.
+        placed.now();
         let local = model
             .local
             .as_ref()

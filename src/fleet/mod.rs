@@ -39,11 +39,10 @@ use serde_json::Value;
 use tokio::sync::{Notify, broadcast, watch};
 use uuid::Uuid;
 
-use self::backend::{Backend, EventKind, EventLog};
+use self::backend::{Backend, EventKind, EventLog, Placed};
 use self::board::{ChangeKind, InstanceBoard, InstanceRecord};
 use self::cog::{CogClient, CogError};
-use self::leader::Leadership;
-use crate::config::DatabaseConfig;
+use self::leader::{Election, Leadership};
 use crate::metrics::Metrics;
 use crate::models::{ModelRegistry, ModelSpec};
 
@@ -139,6 +138,17 @@ impl StartFailures {
         Duration::from_secs(1u64 << self.count.saturating_sub(1).min(6))
             .min(Duration::from_secs(60))
     }
+}
+
+/// Where an instance being brought up comes from.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    New,
+    /// Left running by an earlier scaler, with the request it was running
+    /// then (since put back in the queue).
+    Adopted {
+        running: Option<Uuid>,
+    },
 }
 
 /// An instance as the scaler sees it.
@@ -284,20 +294,19 @@ impl Fleet {
         }
     }
 
-    /// Runs the scaler until `shutdown` turns true, then stops every
-    /// instance and puts running requests back in the queue.
+    /// Runs the scaler until `shutdown` turns true, then puts running
+    /// requests back in the queue and stops every instance (or, on a
+    /// backend whose instances outlive the server, hands them over to the
+    /// next scaler).
     ///
     /// Only one server per database runs the scaler: this one waits for the
-    /// lock first (see [`leader`]). Losing the lock (its connection broke)
-    /// stops this server's instances and waits for the lock again.
-    pub async fn run(
-        self: Arc<Self>,
-        database: DatabaseConfig,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    /// lock first (see [`leader`]). Losing the lock (its connection broke,
+    /// its lease ran out) ends this server's part the same way and waits
+    /// for the lock again.
+    pub async fn run(self: Arc<Self>, election: Election, mut shutdown: watch::Receiver<bool>) {
         loop {
             let stop = shutdown.clone();
-            let Some(mut leadership) = Leadership::acquire(&database, || *stop.borrow()).await
+            let Some(mut leadership) = Leadership::acquire(&election, || *stop.borrow()).await
             else {
                 return;
             };
@@ -329,12 +338,12 @@ impl Fleet {
             self.leading
                 .store(false, std::sync::atomic::Ordering::Relaxed);
             self.shutdown().await;
-            drop(leadership);
+            leadership.release().await;
             if !lost {
                 return;
             }
             tracing::error!(
-                "lost the scaler lock; stopped this server's instances and waiting to take over again"
+                "lost the scaler lock; let go of this server's instances and waiting to take over again"
             );
         }
     }
@@ -916,30 +925,116 @@ impl Fleet {
         tracing::info!(instance_id = %id, model_id = %model.id, "instance starting");
         let fleet = self.clone();
         let model = model.clone();
-        tokio::spawn(async move { fleet.bring_up(model, id).await });
+        tokio::spawn(async move { fleet.bring_up(model, id, Origin::New).await });
         Ok(())
     }
 
-    async fn bring_up(self: Arc<Self>, model: ModelSpec, id: Uuid) {
-        self.set_status(id, InstanceStatus::Starting);
-        self.set_instance(id, InstanceStatus::Starting, None, None)
-            .await;
-        self.events
-            .record(id, EventKind::Normal, "Starting", "starting the instance")
-            .await;
-        match self.backend.start(&model, id).await {
+    /// Takes over an instance an earlier scaler left running (see
+    /// [`Backend::hands_over`]); it serves once the backend has found it and
+    /// any job it still ran is cancelled.
+    pub(super) fn adopt_instance(self: &Arc<Self>, model: &ModelSpec, row: instance::Model) {
+        let id = row.id;
+        let running = row.request_id;
+        self.lock().instances.insert(
+            id,
+            Live {
+                model_id: model.id.clone(),
+                status: InstanceStatus::Starting,
+                endpoint: None,
+                request: None,
+                idle_since: tokio::time::Instant::now(),
+                exited: None,
+            },
+        );
+        self.board.created(board::InstanceRecord::from(row));
+        tracing::info!(instance_id = %id, model_id = %model.id, "adopting instance");
+        let fleet = self.clone();
+        let model = model.clone();
+        tokio::spawn(async move { fleet.bring_up(model, id, Origin::Adopted { running }).await });
+    }
+
+    /// Forgets an instance whose start ended here without it failing: it
+    /// was stopped meanwhile, or handed over (then it is left running).
+    async fn let_go(&self, id: Uuid) {
+        if self.is_leading() || !self.backend.hands_over() {
+            self.backend.stop(id).await;
+        }
+    }
+
+    async fn bring_up(self: Arc<Self>, model: ModelSpec, id: Uuid, origin: Origin) {
+        let result = match origin {
+            Origin::New => {
+                self.events
+                    .record(id, EventKind::Normal, "Starting", "starting the instance")
+                    .await;
+                // PENDING until the backend has placed it (a pod bound to
+                // a node), then STARTING.
+                let (placed, on_placed) = Placed::new();
+                let mark = async {
+                    if on_placed.await.is_err() {
+                        return;
+                    }
+                    let pending = match self.lock().instances.get_mut(&id) {
+                        Some(live) if live.status == InstanceStatus::Pending => {
+                            live.status = InstanceStatus::Starting;
+                            true
+                        }
+                        _ => false,
+                    };
+                    if pending {
+                        self.set_instance(id, InstanceStatus::Starting, None, None)
+                            .await;
+                    }
+                };
+                let (started, ()) = tokio::join!(self.backend.start(&model, id, placed), mark);
+                started
+            }
+            Origin::Adopted { running } => {
+                self.set_status(id, InstanceStatus::Starting);
+                self.set_instance(id, InstanceStatus::Starting, None, None)
+                    .await;
+                self.events
+                    .record(
+                        id,
+                        EventKind::Normal,
+                        "Adopting",
+                        "taking over from an earlier scaler",
+                    )
+                    .await;
+                match self.backend.adopt(&model, id).await {
+                    Ok(started) => match running {
+                        // Its job went back to the queue: cancel it there.
+                        Some(request) => {
+                            self.cog
+                                .cancel(&started.endpoint, &request.to_string())
+                                .await;
+                            if self.wait_idle(&started.endpoint).await {
+                                Ok(started)
+                            } else {
+                                self.backend.stop(id).await;
+                                Err("it kept running a job from before the restart"
+                                    .to_owned()
+                                    .into())
+                            }
+                        }
+                        None => Ok(started),
+                    },
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match result {
             Ok(started) => {
                 let now = Utc::now();
                 let starting = {
                     let mut state = self.lock();
                     state.start_failures.remove(&model.id);
-                    state
-                        .instances
-                        .get(&id)
-                        .is_some_and(|l| l.status == InstanceStatus::Starting)
+                    state.instances.get(&id).is_some_and(|l| {
+                        matches!(l.status, InstanceStatus::Pending | InstanceStatus::Starting)
+                    })
                 };
                 if !starting {
-                    self.backend.stop(id).await;
+                    self.let_go(id).await;
                     return;
                 }
                 // Recorded before the scaler can see it ready, so that a first
@@ -964,7 +1059,12 @@ impl Fleet {
                 let ready = {
                     let mut state = self.lock();
                     match state.instances.get_mut(&id) {
-                        Some(live) if live.status == InstanceStatus::Starting => {
+                        Some(live)
+                            if matches!(
+                                live.status,
+                                InstanceStatus::Pending | InstanceStatus::Starting
+                            ) =>
+                        {
                             live.status = InstanceStatus::Ready;
                             live.endpoint = Some(started.endpoint.clone());
                             live.idle_since = tokio::time::Instant::now();
@@ -982,8 +1082,9 @@ impl Fleet {
                     }
                 };
                 if !ready {
-                    // Stopped while its readiness was being recorded.
-                    self.backend.stop(id).await;
+                    // Stopped (or handed over) while its readiness was being
+                    // recorded.
+                    self.let_go(id).await;
                     return;
                 }
                 self.events
@@ -1013,8 +1114,21 @@ impl Fleet {
                     .get(&id)
                     .is_none_or(|l| l.status == InstanceStatus::Stopping);
                 if stopped_meanwhile {
-                    // Stopped while starting: the stop records the end; this
-                    // is no failure of the model.
+                    // Stopped (or handed over) while starting: the stop
+                    // records the end; this is no failure of the model.
+                    self.wake();
+                    return;
+                }
+                if let Origin::Adopted { .. } = origin {
+                    // Gone while the server was away: no failure of the
+                    // model either.
+                    let reason = format!("not adopted after a restart: {reason}");
+                    self.events
+                        .record(id, EventKind::Normal, "NotAdopted", &reason)
+                        .await;
+                    self.set_stopped(id, InstanceStatus::Stopped, &reason).await;
+                    self.lock().instances.remove(&id);
+                    tracing::info!(instance_id = %id, model_id = %model.id, reason = %reason, "instance not adopted");
                     self.wake();
                     return;
                 }
@@ -1232,8 +1346,13 @@ impl Fleet {
     }
 
     /// On shutdown: running jobs go back to the queue (a restart picks them
-    /// up) and every instance is stopped.
+    /// up) and every instance is stopped, or handed over when the backend's
+    /// instances outlive the server.
     async fn shutdown(self: &Arc<Self>) {
+        if self.backend.hands_over() {
+            self.hand_over().await;
+            return;
+        }
         let (ids, running): (Vec<Uuid>, Vec<(Uuid, Uuid)>) = {
             let state = self.lock();
             (
@@ -1275,6 +1394,54 @@ impl Fleet {
             self.backend.stop(id).await;
         }
         tracing::info!("all instances stopped");
+    }
+}
+
+impl Fleet {
+    /// Leaves every instance running for the next scaler, which adopts
+    /// them: their records stay as they are (a busy one keeps its request,
+    /// so that the next scaler cancels that job before using it), running
+    /// jobs go back to the queue and are cancelled, and the backend forgets
+    /// the instances. An instance being stopped is stopped still.
+    async fn hand_over(self: &Arc<Self>) {
+        let live: Vec<(Uuid, Live)> = {
+            let mut state = self.lock();
+            state.cancels.clear();
+            state.instances.drain().collect()
+        };
+        let mut requeued = 0;
+        for (id, l) in &live {
+            if let Some(request) = l.request {
+                let done = back_to_queue()
+                    .col_expr(work_request::Column::Attempts, attempts_plus(-1))
+                    .filter(work_request::Column::Id.eq(request))
+                    .filter(work_request::Column::Status.eq(RequestStatus::Running))
+                    .filter(work_request::Column::InstanceId.eq(*id))
+                    .exec(&self.db)
+                    .await;
+                match done {
+                    Ok(r) if r.rows_affected > 0 => {
+                        requeued += 1;
+                        self.announce(request, RequestStatus::Queued);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(request_id = %request, error = %e, "cannot put a running request back in the queue");
+                    }
+                }
+                if let Some(endpoint) = &l.endpoint {
+                    self.cog.cancel(endpoint, &request.to_string()).await;
+                }
+            }
+            if l.status != InstanceStatus::Stopping {
+                self.backend.release(*id);
+            }
+        }
+        tracing::info!(
+            instances = live.len(),
+            requests_requeued = requeued,
+            "instances handed over to the next scaler"
+        );
     }
 }
 

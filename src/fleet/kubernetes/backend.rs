@@ -23,10 +23,11 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::lease::LeaseLock;
 use super::pod::{INSTANCE_LABEL, MANAGED_BY, PodSettings, REQUEST_ANNOTATION, pod_name};
 use super::status::{Observed, Stage, observe};
 use crate::config::KubernetesConfig;
-use crate::fleet::backend::{Backend, EventKind, EventLog, StartError, Started, scope_tag};
+use crate::fleet::backend::{Backend, EventKind, EventLog, Placed, StartError, Started, scope_tag};
 use crate::fleet::cog::{CogClient, Health};
 use crate::models::ModelSpec;
 
@@ -59,6 +60,7 @@ fn lock(tracked: &Tracking) -> std::sync::MutexGuard<'_, HashMap<Uuid, Tracked>>
 }
 
 pub struct KubernetesBackend {
+    client: Client,
     pods: Api<Pod>,
     config: KubernetesConfig,
     scope: String,
@@ -98,7 +100,7 @@ impl KubernetesBackend {
     ) -> Self {
         let scope = scope_tag(scope);
         let pods: Api<Pod> = Api::default_namespaced(client.clone());
-        let event_api: Api<Event> = Api::default_namespaced(client);
+        let event_api: Api<Event> = Api::default_namespaced(client.clone());
         let tracked: Tracking = Arc::default();
         let selector = format!("{MANAGED_BY}=modelfleet,{SCOPE_LABEL}={scope}");
         let tasks = vec![
@@ -111,6 +113,7 @@ impl KubernetesBackend {
             tokio::spawn(follow_events(event_api, tracked.clone(), events.clone())),
         ];
         Self {
+            client,
             pods,
             config,
             scope,
@@ -121,12 +124,90 @@ impl KubernetesBackend {
         }
     }
 
+    /// This server's side of the scaler's election: a Lease named after
+    /// the database (so that deployments sharing a namespace elect apart),
+    /// held as the host name (the pod's name in a cluster) and a random
+    /// suffix.
+    pub fn lease(&self) -> LeaseLock {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "modelfleet".to_owned());
+        let suffix = Uuid::new_v4().simple().to_string();
+        LeaseLock::new(
+            self.client.clone(),
+            &format!("modelfleet-scaler-{}", self.scope),
+            &format!("{host}-{}", &suffix[..8]),
+            Duration::from_secs(self.config.lease_duration_secs),
+        )
+    }
+
+    /// Starts following the pod of an instance, before it exists (so that
+    /// no watch event about it is lost) or, when adopting, as it is.
+    fn track(
+        &self,
+        instance_id: Uuid,
+        pod: &str,
+        created: bool,
+    ) -> watch::Receiver<Option<Observed>> {
+        let (observed_tx, observed) = watch::channel(None);
+        let tracked = Tracked {
+            pod: pod.to_owned(),
+            created,
+            served_restarts: None,
+            last_detail: None,
+            observed: observed_tx,
+            exited: watch::channel(None).0,
+            gone: watch::channel(false).0,
+            request: watch::channel(None).0,
+        };
+        if created {
+            self.annotate_from(&tracked);
+        }
+        lock(&self.tracked).insert(instance_id, tracked);
+        observed
+    }
+
+    /// Starts the task keeping the pod's request annotation.
+    fn annotate_from(&self, tracked: &Tracked) {
+        tokio::spawn(annotate(
+            self.pods.clone(),
+            tracked.pod.clone(),
+            tracked.request.subscribe(),
+        ));
+    }
+
+    /// What `start` and `adopt` return: the instance's end comes through
+    /// `exited`.
+    fn started(
+        &self,
+        instance_id: Uuid,
+        pod: String,
+        endpoint: String,
+        seen: Observed,
+    ) -> Result<Started, StartError> {
+        let exited = lock(&self.tracked)
+            .get(&instance_id)
+            .map(|t| t.exited.subscribe())
+            .ok_or_else(|| StartError::from("stopped while starting".to_owned()))?;
+        let node = seen.detail["node"].as_str().map(str::to_owned);
+        Ok(Started {
+            endpoint,
+            handle: pod,
+            node,
+            detail: seen.detail,
+            exited,
+        })
+    }
+
     fn selector(&self) -> String {
         format!("{MANAGED_BY}=modelfleet,{SCOPE_LABEL}={}", self.scope)
     }
 
-    /// Deletes the pod and forgets it; used when a start is given up.
+    /// Deletes the pod and forgets it; used when a start is given up. A pod
+    /// no longer tracked was stopped or handed over meanwhile, and is left
+    /// to whoever did that.
     async fn abandon(&self, instance_id: Uuid, pod: &str) {
+        if lock(&self.tracked).remove(&instance_id).is_none() {
+            return;
+        }
         match self.pods.delete(pod, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
@@ -135,17 +216,19 @@ impl KubernetesBackend {
                 tracing::warn!(instance_id = %instance_id, pod = %pod, error = %e, "cannot delete pod");
             }
         }
-        lock(&self.tracked).remove(&instance_id);
     }
 
     /// Waits until the pod runs and its model answers READY, the pod fails
     /// for good, or the start times out: one deadline for scheduling, pull,
-    /// container start and the model's setup.
+    /// container start and the model's setup. `busy_serves`: a model busy
+    /// with a job counts as serving (an adopted pod may be).
     async fn wait_serving(
         &self,
         instance_id: Uuid,
         port: u16,
         mut observed: watch::Receiver<Option<Observed>>,
+        busy_serves: bool,
+        mut placed: Placed,
     ) -> Result<(String, Observed), StartError> {
         let timeout = Duration::from_secs(self.config.start_timeout_secs);
         let deadline = tokio::time::Instant::now() + timeout;
@@ -158,6 +241,9 @@ impl KubernetesBackend {
                 if last_detail.as_ref() != Some(&seen.detail) {
                     last_detail = Some(seen.detail.clone());
                     self.events.detail(instance_id, seen.detail.clone()).await;
+                }
+                if !seen.detail["node"].is_null() {
+                    placed.now();
                 }
                 match &seen.stage {
                     Stage::Serving { ip } => serving = Some((ip.clone(), seen.clone())),
@@ -183,6 +269,7 @@ impl KubernetesBackend {
                 let endpoint = format!("http://{ip}:{port}");
                 match self.cog.health(&endpoint).await {
                     Ok(Health::Ready) => return Ok((endpoint, seen)),
+                    Ok(Health::Busy) if busy_serves => return Ok((endpoint, seen)),
                     // The model's own words stay with the operators.
                     Ok(Health::SetupFailed(detail)) => {
                         return Err(format!("the model's setup failed: {detail}").into());
@@ -235,7 +322,12 @@ impl Backend for KubernetesBackend {
         "kubernetes"
     }
 
-    async fn start(&self, model: &ModelSpec, instance_id: Uuid) -> Result<Started, StartError> {
+    async fn start(
+        &self,
+        model: &ModelSpec,
+        instance_id: Uuid,
+        placed: Placed,
+    ) -> Result<Started, StartError> {
         let Some(settings) = model.kubernetes.as_ref() else {
             return Err(format!("model {} has no kubernetes settings", model.id).into());
         };
@@ -246,31 +338,12 @@ impl Backend for KubernetesBackend {
             labels.insert(SCOPE_LABEL.to_owned(), self.scope.clone());
         }
         let name = pod_name(&model.id, instance_id);
-        let (observed_tx, observed) = watch::channel(None);
-        let (exited_tx, exited) = watch::channel(None);
-        // Tracked before it exists, so that no watch event about it is lost.
-        lock(&self.tracked).insert(
-            instance_id,
-            Tracked {
-                pod: name.clone(),
-                created: false,
-                served_restarts: None,
-                last_detail: None,
-                observed: observed_tx,
-                exited: exited_tx,
-                gone: watch::channel(false).0,
-                request: watch::channel(None).0,
-            },
-        );
+        let observed = self.track(instance_id, &name, false);
         match self.pods.create(&PostParams::default(), &pod).await {
             Ok(_) => {
                 if let Some(t) = lock(&self.tracked).get_mut(&instance_id) {
                     t.created = true;
-                    tokio::spawn(annotate(
-                        self.pods.clone(),
-                        name.clone(),
-                        t.request.subscribe(),
-                    ));
+                    self.annotate_from(t);
                 }
             }
             Err(e) => {
@@ -292,7 +365,7 @@ impl Backend for KubernetesBackend {
             )
             .await;
         let (endpoint, seen) = match self
-            .wait_serving(instance_id, settings.port, observed)
+            .wait_serving(instance_id, settings.port, observed, false, placed)
             .await
         {
             Ok(serving) => serving,
@@ -301,14 +374,76 @@ impl Backend for KubernetesBackend {
                 return Err(reason);
             }
         };
-        let node = seen.detail["node"].as_str().map(str::to_owned);
-        Ok(Started {
-            endpoint,
-            handle: name,
-            node,
-            detail: seen.detail,
-            exited,
-        })
+        self.started(instance_id, name, endpoint, seen)
+    }
+
+    fn hands_over(&self) -> bool {
+        true
+    }
+
+    async fn adopt(&self, model: &ModelSpec, instance_id: Uuid) -> Result<Started, StartError> {
+        let Some(settings) = model.kubernetes.as_ref() else {
+            return Err(format!("model {} has no kubernetes settings", model.id).into());
+        };
+        let settings =
+            PodSettings::parse(settings).map_err(|e| format!("bad kubernetes settings: {e:?}"))?;
+        let name = pod_name(&model.id, instance_id);
+        let observed = self.track(instance_id, &name, true);
+        // Listed by its instance label (a `get` would need one more verb).
+        let listed = self
+            .pods
+            .list(&ListParams::default().labels(&format!("{INSTANCE_LABEL}={instance_id}")))
+            .await;
+        let pod = match listed {
+            Ok(list) => list
+                .items
+                .into_iter()
+                .find(|p| p.metadata.name.as_deref() == Some(name.as_str())),
+            Err(e) => {
+                lock(&self.tracked).remove(&instance_id);
+                return Err(format!("cannot read its pod: {e}").into());
+            }
+        };
+        let Some(pod) = pod else {
+            lock(&self.tracked).remove(&instance_id);
+            return Err("its pod is gone".to_owned().into());
+        };
+        if let Some(t) = lock(&self.tracked).get_mut(&instance_id) {
+            // A watch event may have brought a newer state already.
+            let seen = observe(&pod);
+            t.observed.send_if_modified(|current| {
+                current.is_none().then(|| *current = Some(seen)).is_some()
+            });
+            // The earlier scaler's assignment is over.
+            let annotated = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(REQUEST_ANNOTATION));
+            if annotated {
+                // The annotation task writes whatever value is newest when
+                // it wakes: going through nil and back makes it write
+                // "none" in order with later assignments.
+                t.request.send_replace(Some(Uuid::nil()));
+                t.request.send_replace(None);
+            }
+        }
+        tracing::info!(instance_id = %instance_id, model_id = %model.id, pod = %name, "adopting pod");
+        let (endpoint, seen) = match self
+            .wait_serving(instance_id, settings.port, observed, true, Placed::new().0)
+            .await
+        {
+            Ok(serving) => serving,
+            Err(reason) => {
+                self.abandon(instance_id, &name).await;
+                return Err(reason);
+            }
+        };
+        self.started(instance_id, name, endpoint, seen)
+    }
+
+    fn release(&self, instance_id: Uuid) {
+        lock(&self.tracked).remove(&instance_id);
     }
 
     async fn stop(&self, instance_id: Uuid) {
