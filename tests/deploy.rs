@@ -42,6 +42,9 @@ const PLACEHOLDER_DATABASE_URL: &str = "postgres://modelfleet@database.invalid/m
 /// What a check found wrong.
 type Checked = Result<(), String>;
 
+/// Manifest files: each one's name and text.
+type Sources = Vec<(String, String)>;
+
 /// Everything in `deploy/`: one object of each kind.
 #[derive(Clone)]
 struct Manifests {
@@ -61,7 +64,7 @@ fn deploy_dir() -> PathBuf {
 }
 
 /// Each manifest file's name and text, in the order kubectl applies them.
-fn sources() -> Vec<(String, String)> {
+fn sources() -> Sources {
     let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
         .expect("deploy/ is readable")
         .map(|entry| entry.expect("a deploy/ entry").path())
@@ -728,7 +731,7 @@ fn replaced(text: &str, from: &str, to: &str) -> String {
 #[test]
 fn reading_refuses_unknown_kinds_unknown_fields_and_repeats() {
     let good = sources();
-    let edit = |file: &str, change: &dyn Fn(&str) -> String| -> Vec<(String, String)> {
+    let edit = |file: &str, change: &dyn Fn(&str) -> String| -> Sources {
         let mut files = good.clone();
         let (_, text) = files
             .iter_mut()
@@ -739,7 +742,7 @@ fn reading_refuses_unknown_kinds_unknown_fields_and_repeats() {
     };
     let cluster_role = "\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\n\
                         metadata:\n  name: modelfleet\nrules: []\n";
-    let cases: Vec<(&str, Vec<(String, String)>, &str)> = vec![
+    let cases: Vec<(&str, Sources, &str)> = vec![
         (
             "a ClusterRole",
             edit("deploy/rbac.yaml", &|t| format!("{t}{cluster_role}")),
