@@ -64,7 +64,7 @@ impl Application {
         let db = db::connect(&config.database)
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))?;
-        db::migrate(&db)
+        db::migrate(&db, &config.database)
             .await
             .map_err(|e| anyhow::anyhow!("cannot apply migrations: {e}"))?;
         let listener = TcpListener::bind(config.server.bind)

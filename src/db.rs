@@ -46,9 +46,45 @@ async fn create_schema(url: &str, schema: &str) -> Result<(), DbErr> {
     conn.close().await
 }
 
-/// Applies every pending migration.
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    Migrator::up(db, None).await
+/// Applies every pending migration. On PostgreSQL, servers starting
+/// together take turns (two at once would both create the first tables,
+/// and one would fail): each holds a session advisory lock, on a
+/// connection of its own, while it migrates.
+pub async fn migrate(db: &DatabaseConnection, config: &DatabaseConfig) -> Result<(), DbErr> {
+    use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
+    use sea_orm::sqlx::{ConnectOptions as _, Connection as _};
+    if config.is_sqlite() {
+        return Migrator::up(db, None).await;
+    }
+    let failed = |e: sea_orm::sqlx::Error| DbErr::Custom(format!("migration lock: {e}"));
+    let opts: PgConnectOptions = config.url.parse().map_err(failed)?;
+    let mut lock: PgConnection = opts
+        .disable_statement_logging()
+        .connect()
+        .await
+        .map_err(failed)?;
+    let key = advisory_key(&format!(
+        "modelfleet migrations {}",
+        config.schema.as_deref().unwrap_or("")
+    ));
+    sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(key)
+        .execute(&mut lock)
+        .await
+        .map_err(failed)?;
+    let applied = Migrator::up(db, None).await;
+    // Ending the session releases the lock.
+    let _ = lock.close().await;
+    applied
+}
+
+/// A PostgreSQL advisory lock key for `what` (a purpose and a schema).
+pub fn advisory_key(what: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(what.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
 }
 
 /// Why the server is not ready: a summary fit for any caller, and the

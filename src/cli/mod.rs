@@ -55,7 +55,7 @@ impl Cli {
             }
             Command::Migrate => {
                 let conn = db::connect(&config.database).await?;
-                db::migrate(&conn).await?;
+                db::migrate(&conn, &config.database).await?;
                 tracing::info!("migrations applied");
                 Ok(())
             }

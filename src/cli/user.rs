@@ -34,7 +34,7 @@ pub enum UserCommand {
 impl UserCommand {
     pub async fn run(self, config: Config) -> anyhow::Result<()> {
         let conn = db::connect(&config.database).await?;
-        db::migrate(&conn).await?;
+        db::migrate(&conn, &config.database).await?;
         let auth = AuthService::new(conn, config.auth.clone()).await?;
         let mut out = std::io::stdout().lock();
         match self {

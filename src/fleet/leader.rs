@@ -13,7 +13,6 @@ use std::time::Duration;
 use nix::fcntl::{Flock, FlockArg};
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
 use sea_orm::sqlx::{ConnectOptions, Connection, Row};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::kubernetes::lease::LeaseLock;
@@ -184,10 +183,7 @@ impl Drop for Leadership {
 /// One lock per schema, so that separate deployments in one database do not
 /// wait on each other.
 fn lock_key(schema: &str) -> i64 {
-    let digest = Sha256::digest(format!("modelfleet scaler {schema}").as_bytes());
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(bytes)
+    crate::db::advisory_key(&format!("modelfleet scaler {schema}"))
 }
 
 fn sqlite_lock(url: &str) -> Result<Option<Leadership>, String> {

@@ -52,3 +52,26 @@ async fn sqlite_uses_wal_and_enforces_foreign_keys() {
     .await;
     assert!(orphan.is_err(), "foreign key not enforced");
 }
+
+/// Replicas starting together on a new PostgreSQL database all come up:
+/// they take turns applying the migrations instead of racing to create the
+/// same tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_migrating_a_new_postgres_database_together_take_turns() {
+    let (_db, url) = crate::support::TestDb::create(Db::Postgres).await;
+    let config = modelfleet::config::DatabaseConfig {
+        url,
+        ..Default::default()
+    };
+    let mut pools = Vec::new();
+    for _ in 0..3 {
+        pools.push(modelfleet::db::connect(&config).await.expect("connect"));
+    }
+    let migrations = pools.iter().map(|db| modelfleet::db::migrate(db, &config));
+    for applied in futures_util::future::join_all(migrations).await {
+        applied.expect("every server migrates");
+    }
+    for db in pools {
+        db.close().await.expect("closed");
+    }
+}
