@@ -729,3 +729,53 @@ db_test!(pods_carry_their_request_and_max_instances_hold, db => {
     })
     .await;
 });
+
+db_test!(a_model_saved_through_the_api_keeps_its_pod_settings_and_runs_on_a_pod, db => {
+    let cluster = Cluster::start().await;
+    cluster.add_node(&NodeSpec::new("node", 4, 16));
+    let (app, admin) = server_on(&cluster, db, "example/sleepy:1").await;
+    let upsert = "mutation($input: ModelInput!) { upsertModel(input: $input) { id kubernetes } }";
+    let model = |kubernetes: serde_json::Value| json!({ "input": {
+        "id": "api-pods", "maxInstances": 1, "kubernetes": kubernetes,
+    } });
+
+    // Broken settings name every broken rule and save nothing.
+    let body = app
+        .gql_as(&admin, upsert, model(json!({ "image": "", "requests": { "cpu": "lots" } })))
+        .await;
+    assert_eq!(support::code(&body), "BAD_USER_INPUT", "{body}");
+    let fields = &body["errors"][0]["extensions"]["fields"];
+    for field in ["kubernetes.image", "kubernetes.requests"] {
+        assert!(fields[field].is_array(), "{field}: {body}");
+    }
+    // On this backend an enabled model cannot go without them.
+    let body = app
+        .gql_as(&admin, upsert, json!({ "input": { "id": "api-pods", "local": {
+            "command": ["python", "-m", "cog.server.http"], "workdir": "/tmp" } } }))
+        .await;
+    assert!(body["errors"][0]["extensions"]["fields"]["kubernetes"].is_array(), "{body}");
+    let listed = app.gql_as(&admin, "{ models(includeDisabled: true) { id } }", json!({})).await;
+    assert!(!listed.to_string().contains("api-pods"), "nothing was saved: {listed}");
+
+    let settings = json!({ "image": "example/sleepy:1", "requests": { "cpu": "1", "memory": "1Gi" } });
+    let body = app.gql_as(&admin, upsert, model(settings.clone())).await;
+    assert_eq!(body["data"]["upsertModel"]["kubernetes"], settings, "{body}");
+    let body = app.gql_as(&admin, "{ model(id: \"api-pods\") { kubernetes } }", json!({})).await;
+    assert_eq!(body["data"]["model"]["kubernetes"], settings, "read back: {body}");
+    // Only admins see them.
+    let token = app.anonymous().await;
+    let body = app.gql_as(&token, "{ model(id: \"api-pods\") { kubernetes } }", json!({})).await;
+    assert_eq!(support::code(&body), "FORBIDDEN", "{body}");
+
+    let id = app.submit(&token, "api-pods", json!({ "message": "saved by the API" })).await;
+    let done = app.wait_done(&token, &id).await;
+    assert_eq!(done["output"], "saved by the API", "{done}");
+    assert!(
+        cluster
+            .store
+            .list(Resource::POD, Some("modelfleet"))
+            .iter()
+            .any(|p| p["metadata"]["labels"]["modelfleet.io/model"] == "api-pods"),
+        "the model ran on a pod of its own"
+    );
+});

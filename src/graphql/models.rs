@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_graphql::dataloader::Loader;
-use async_graphql::{Context, InputObject, Object, Result, SimpleObject};
+use async_graphql::{Context, InputObject, Json, Object, Result, SimpleObject};
 
 use super::RequirePermission;
 use crate::auth::Permission;
@@ -62,6 +62,13 @@ impl Model {
             setup_command: l.setup.as_ref().map(|s| s.command.clone()),
         })
     }
+    /// How the Kubernetes backend runs it: its pod settings, as the
+    /// model's `kubernetes` table in the configuration file (admins only:
+    /// an environment may hold secrets).
+    #[graphql(guard = "RequirePermission(Permission::ManageModels)")]
+    async fn kubernetes(&self) -> Option<Json<serde_json::Value>> {
+        self.0.kubernetes.clone().map(Json)
+    }
 }
 
 #[derive(SimpleObject)]
@@ -94,6 +101,13 @@ pub struct ModelInput {
     #[graphql(default = 1048576)]
     max_input_bytes: u64,
     local: Option<LocalInput>,
+    /// Pod settings for the Kubernetes backend, with the keys of a model's
+    /// `kubernetes` table in the configuration file: `image` (required),
+    /// `port`, `command`, `args`, `env`, `requests`, `limits`,
+    /// `node_selector`, `tolerations`, `image_pull_secrets`,
+    /// `service_account`. Required for an enabled model when the server
+    /// runs instances on Kubernetes.
+    kubernetes: Option<Json<serde_json::Value>>,
 }
 
 #[derive(InputObject)]
@@ -151,7 +165,7 @@ impl ModelInput {
             request_timeout_secs: self.request_timeout_secs,
             max_input_bytes: self.max_input_bytes,
             local,
-            kubernetes: None,
+            kubernetes: self.kubernetes.map(|k| k.0),
         })
     }
 }
@@ -195,14 +209,23 @@ impl ModelsMutation {
     /// Creates or replaces a model. Every broken rule is reported at once.
     #[graphql(guard = "RequirePermission(Permission::ManageModels)")]
     async fn upsert_model(&self, ctx: &Context<'_>, input: ModelInput) -> Result<Model> {
-        let base = ctx
-            .data_opt::<Arc<Config>>()
+        let config = ctx.data_opt::<Arc<Config>>();
+        let base = config
             .map(|c| std::path::absolute(&c.base_dir).unwrap_or_else(|_| c.base_dir.clone()))
             .unwrap_or_default();
+        let on_pods =
+            config.is_some_and(|c| c.kubernetes.backend == crate::config::BackendKind::Kubernetes);
         let spec = input
             .into_config()?
             .validate(&base)
             .map_err(ApiError::BadUserInput)?;
+        if on_pods && spec.enabled && spec.kubernetes.is_none() {
+            return Err(ApiError::field(
+                "kubernetes",
+                "is required: this server runs instances as Kubernetes pods".to_owned(),
+            )
+            .into());
+        }
         registry(ctx)
             .upsert(&spec, "api")
             .await
