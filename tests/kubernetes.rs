@@ -552,14 +552,25 @@ db_test!(a_request_runs_on_a_pod_and_stopping_deletes_the_pod, db => {
     let scheduled = events.iter().find(|e| e["reason"] == "Scheduled").expect("a Scheduled event");
     assert_eq!(scheduled["raw"]["involvedObject"]["name"], pod_name.as_str());
 
+    // Stopping deletes the pod with the grace period: it is seen
+    // terminating, then gone.
+    let pods: Api<Pod> = Api::namespaced(client(&cluster.url()).await, "modelfleet");
+    let selector = format!("modelfleet.io/instance={}", instance["id"].as_str().expect("an id"));
+    let mut changes = watcher(pods, watcher::Config::default().labels(&selector)).boxed();
+    while !matches!(next(&mut changes).await, Ok(watcher::Event::InitDone)) {}
     let stop = "mutation($id: ID!) { stopInstance(id: $id, reason: \"done here\") { alreadyStopped } }";
     let stopped = app.gql_as(&admin, stop, json!({ "id": instance["id"] })).await;
     assert_eq!(stopped["data"]["stopInstance"]["alreadyStopped"], false, "{stopped}");
-    app.eventually("the pod to be deleted", 30, || async {
-        cluster.store.get(Resource::POD, "modelfleet", &pod_name).is_none()
-    })
-    .await;
-    assert!(cluster.store.calls().contains_key("DELETE pods"));
+    let mut grace = None;
+    loop {
+        match next(&mut changes).await.expect("a change") {
+            watcher::Event::Apply(pod) => grace = grace.or(pod.metadata.deletion_grace_period_seconds),
+            watcher::Event::Delete(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(grace, Some(30), "terminating with the stop grace first");
+    assert!(cluster.store.get(Resource::POD, "modelfleet", &pod_name).is_none());
 });
 
 db_test!(an_unschedulable_pod_shows_why_and_runs_once_a_node_fits, db => {

@@ -427,6 +427,17 @@ async fn run_kubelet(
     running: &mut HashMap<(String, String), Running>,
     next_ip: &mut u32,
 ) {
+    // Terminating pods: their containers exit at once on SIGTERM, and the
+    // object goes.
+    for pod in store.list(Resource::POD, None) {
+        if pod["metadata"]["deletionTimestamp"].is_string() {
+            let (ns, name) = names(&pod);
+            if let Some(server) = running.remove(&(ns.clone(), name.clone())) {
+                server.task.abort();
+            }
+            let _ = store.delete(Resource::POD, &ns, &name);
+        }
+    }
     let pods = store.list(Resource::POD, None);
     let live: BTreeSet<(String, String)> = pods.iter().filter(|p| !is_done(p)).map(names).collect();
     running.retain(|key, server| {

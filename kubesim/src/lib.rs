@@ -29,9 +29,12 @@
 //! Behind it, [`Cluster`] adds a scheduler and a kubelet that runs each
 //! pod as a small Cog model server on its own loopback address.
 //!
+//! Deleting a pod that runs on a node marks it terminating; the kubelet
+//! (in [`Cluster`]) stops it and removes it, as a real one does after the
+//! containers exit (the simulated ones exit at once on SIGTERM).
+//!
 //! What it does not do: authentication, field selectors, server-side apply,
-//! strategic merge patches, graceful deletion (a delete removes the object
-//! at once), or admission of any kind. The resources it serves are listed in
+//! strategic merge patches, finalizers, or admission of any kind. The resources it serves are listed in
 //! [`Resource::ALL`].
 
 pub mod cluster;
@@ -369,6 +372,39 @@ impl Store {
             }
         }
         Ok(inner.commit(&self.changes, key, object, "MODIFIED"))
+    }
+
+    /// Deletes as the API server does for a client: a pod bound to a node
+    /// is only marked (`deletionTimestamp`, `deletionGracePeriodSeconds`,
+    /// 30 s unless `grace` says otherwise; watchers get `MODIFIED`) and
+    /// stays, holding its node's room, until the kubelet has stopped its
+    /// containers and removes it. Anything else, or a grace of 0, goes at
+    /// once.
+    pub fn delete_gracefully(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        name: &str,
+        grace: Option<u64>,
+    ) -> Result<Value, ApiError> {
+        let graceful = resource == Resource::POD && grace != Some(0) && {
+            let pod = self.get(resource, namespace, name);
+            pod.is_some_and(|p| p["spec"]["nodeName"].is_string())
+        };
+        if !graceful {
+            return self.delete(resource, namespace, name);
+        }
+        self.update(resource, namespace, name, |pod| {
+            let meta = metadata(pod);
+            if !meta.contains_key("deletionTimestamp") {
+                let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                meta.insert("deletionTimestamp".into(), json!(now));
+                meta.insert(
+                    "deletionGracePeriodSeconds".into(),
+                    json!(grace.unwrap_or(30)),
+                );
+            }
+        })
     }
 
     /// Removes an object; watchers get `DELETED` with its last state.
@@ -770,7 +806,13 @@ fn one(
             Method::GET => store
                 .get(r, ns, name)
                 .ok_or_else(|| ApiError::not_found(r, name)),
-            Method::DELETE => store.delete(r, ns, name),
+            Method::DELETE => {
+                // DeleteOptions, when the client sends them.
+                let grace = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|o| o["gracePeriodSeconds"].as_u64());
+                store.delete_gracefully(r, ns, name, grace)
+            }
             Method::PUT => serde_json::from_slice(&body)
                 .map_err(|e| ApiError {
                     code: 400,
