@@ -78,19 +78,7 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("cannot save the configured models: {e}"))?;
         let board = Arc::new(InstanceBoard::default());
         let events = EventLog::new(db.clone(), board.clone());
-        // Without the password, so that changing it does not orphan the
-        // instances (pods) the server left running.
-        let mut database = config.database.url.clone();
-        if let Ok(mut url) = url::Url::parse(&database)
-            && url.password().is_some()
-            && url.set_password(None).is_ok()
-        {
-            database = url.to_string();
-        }
-        let scope = format!(
-            "{database}#{}",
-            config.database.schema.as_deref().unwrap_or("")
-        );
+        let scope = instance_scope(&config.database);
         // The servers sharing a database elect one scaler: through a Lease
         // on the cluster their pods run on, or a lock in the database.
         let (backend, election): (Arc<dyn Backend>, Election) = match config.kubernetes.backend {
@@ -259,5 +247,45 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+/// Names the database a server records instances in, for the backends'
+/// scope tag: its URL without the password (so that changing the password
+/// does not orphan the pods a server left running) and its schema.
+fn instance_scope(database: &crate::config::DatabaseConfig) -> String {
+    let mut url = database.url.clone();
+    if let Ok(mut parsed) = url::Url::parse(&url)
+        && parsed.password().is_some()
+        && parsed.set_password(None).is_ok()
+    {
+        url = parsed.to_string();
+    }
+    format!("{url}#{}", database.schema.as_deref().unwrap_or(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseConfig;
+
+    #[test]
+    fn the_scope_leaves_out_the_password_but_not_the_schema() {
+        let at = |url: &str, schema: Option<&str>| {
+            instance_scope(&DatabaseConfig {
+                url: url.to_owned(),
+                schema: schema.map(str::to_owned),
+                ..Default::default()
+            })
+        };
+        let before = at("postgres://fleet:old@db:5432/prod", Some("a"));
+        assert_eq!(before, at("postgres://fleet:new@db:5432/prod", Some("a")));
+        assert!(!before.contains("old"), "{before}");
+        assert_ne!(before, at("postgres://fleet:old@db:5432/prod", Some("b")));
+        assert_ne!(before, at("postgres://other:old@db:5432/prod", Some("a")));
+        assert_eq!(
+            at("sqlite://x.db?mode=rwc", None),
+            "sqlite://x.db?mode=rwc#"
+        );
     }
 }
