@@ -41,8 +41,24 @@ async fn create_schema(url: &str, schema: &str) -> Result<(), DbErr> {
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.max_connections(1).sqlx_logging(false);
     let conn = Database::connect(opts).await?;
-    conn.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-        .await?;
+    let created = conn
+        .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        .await;
+    if let Err(e) = created {
+        // Servers starting together race here: `IF NOT EXISTS` does not
+        // stop two from creating it at once. The loser finds it made.
+        let exists = conn
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+                [schema.into()],
+            ))
+            .await?
+            .is_some();
+        if !exists {
+            return Err(e);
+        }
+    }
     conn.close().await
 }
 

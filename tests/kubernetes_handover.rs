@@ -94,6 +94,65 @@ async fn one_replica_holds_the_lease_until_it_lets_go_or_lets_it_run_out() {
     assert!(cluster.store.calls().contains_key("PUT leases"));
 }
 
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_steps_down_before_another_may_take_over() {
+    use modelfleet::fleet::leader::{Election, Leadership};
+    let cluster = Cluster::start().await;
+    let client = client(&cluster.url()).await;
+    let duration = Duration::from_secs(3);
+    let election = Election::Lease(Box::new(LeaseLock::new(
+        client.clone(),
+        "scaler",
+        "a",
+        duration,
+    )));
+    let mut leader = Leadership::try_acquire(&election)
+        .await
+        .expect("asks")
+        .expect("a free lease is taken");
+    // Renewed while the API server answers: held past its first deadline.
+    tokio::time::sleep(duration).await;
+    assert!(leader.still_held().await, "renewed");
+
+    // Cut off, its renewals hang: it lets go by its deadline, two thirds
+    // of the duration after its last renewal was sent.
+    let partition = cluster.store.partition();
+    let cut = Instant::now();
+    tokio::time::timeout(duration, leader.expired())
+        .await
+        .expect("it stepped down before its lease ran out");
+    let stepped_down = cut.elapsed();
+    assert!(!leader.still_held().await);
+    assert!(
+        stepped_down <= duration * 2 / 3 + Duration::from_millis(100),
+        "{stepped_down:?}"
+    );
+    drop(partition);
+
+    // Another replica gets the lease only once it has run out: a whole
+    // duration after that renewal, so after the leader stepped down.
+    let renewed = cluster
+        .store
+        .get(Resource::LEASE, NAMESPACE, "scaler")
+        .expect("the lease")["spec"]["renewTime"]
+        .as_str()
+        .expect("a renewal")
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .expect("a time");
+    let mut other = LeaseLock::new(client, "scaler", "b", duration);
+    while !other.try_acquire().await.expect("b asks") {
+        assert!(cut.elapsed() < duration * 2, "never taken over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let taken_after = (chrono::Utc::now() - renewed).to_std().expect("later");
+    assert!(
+        taken_after >= duration,
+        "taken {taken_after:?} after the last renewal"
+    );
+    assert!(cut.elapsed() > stepped_down);
+    drop(leader);
+}
+
 /// Server settings running a `pods` model (at most one instance) on the
 /// simulated cluster.
 fn on_cluster(config: &mut modelfleet::config::Config, cluster: &Cluster) {
@@ -161,7 +220,7 @@ db_test!(a_restarted_server_adopts_the_pods_it_left_running, db => {
 
     // A long job is running when the server shuts down: it goes back to
     // the queue, its attempt given back, and the pod stays.
-    let long = first.submit(&token, "pods", json!({ "seconds": 6, "message": "long" })).await;
+    let long = first.submit(&token, "pods", json!({ "seconds": 12, "message": "long" })).await;
     first.eventually("the long job to run", 30, || async {
         first.gql_as(&token, support::REQUEST, json!({ "id": long })).await["data"]["request"]["status"] == "RUNNING"
     })
@@ -176,7 +235,7 @@ db_test!(a_restarted_server_adopts_the_pods_it_left_running, db => {
     stray["metadata"]["labels"]["modelfleet.io/instance"] = json!(uuid::Uuid::new_v4().to_string());
     cluster.store.create(Resource::POD, NAMESPACE, stray).expect("a stray pod");
 
-    let second = TestApp::spawn_over(config).await;
+    let second = TestApp::spawn_over(config.clone()).await;
     let done = second.wait_done(&token, &long).await;
     assert_eq!(done["status"], "SUCCEEDED", "{done}");
     assert_eq!(done["output"], "long");
@@ -196,7 +255,25 @@ db_test!(a_restarted_server_adopts_the_pods_it_left_running, db => {
     assert!(annotated["metadata"]["annotations"]["modelfleet.io/request-id"].is_null(), "{annotated}");
     second.stop().await;
 
-    // The two servers made every kind of call the Role grants, and no
+    // A server whose model's pod settings changed replaces the pod rather
+    // than adopt it.
+    let mut changed = config.clone();
+    changed.models[0].kubernetes = Some(json!({
+        "image": "example/sleepy:2",
+        "requests": { "cpu": "1", "memory": "1Gi" },
+    }));
+    let third = TestApp::spawn_over(changed).await;
+    let fresh = third.submit(&token, "pods", json!({ "message": "new settings" })).await;
+    assert_eq!(third.wait_done(&token, &fresh).await["output"], "new settings");
+    assert_ne!(instance_of(&third, &fresh).await, instance);
+    let now = pods(&cluster);
+    assert!(!now.contains(&pod), "the old pod went: {now:?}");
+    let body = third.gql_as(&admin, "query($id: ID!) { instance(id: $id) { status stopReason } }", json!({ "id": instance })).await;
+    let reason = body["data"]["instance"]["stopReason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("earlier settings"), "{body}");
+    third.stop().await;
+
+    // The servers made every kind of call the Role grants, and no
     // other (the simulator counts only calls made over HTTP).
     let granted: BTreeSet<(String, String)> = PERMISSIONS
         .iter()

@@ -149,6 +149,18 @@ struct Gate {
 }
 
 impl Gate {
+    /// Waits while the partition lasts.
+    async fn open(&self) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let opened = self.opened.notified();
+            if !self.held.load(Ordering::SeqCst) {
+                return;
+            }
+            opened.await;
+        }
+    }
+
     /// Waits while watches are held. False when the watch begun at `epoch`
     /// has been cut meanwhile.
     async fn pass(&self, epoch: u64) -> bool {
@@ -163,8 +175,8 @@ impl Gate {
     }
 }
 
-/// While this lives, watches deliver nothing and new ones wait, as across a
-/// network partition. Dropping it cuts every watch that was open, so
+/// While this lives, watches deliver nothing and every request waits, as
+/// across a network partition. Dropping it cuts every watch that was open, so
 /// clients reconnect from the last version they saw.
 pub struct Partition {
     gate: Arc<Gate>,
@@ -397,8 +409,11 @@ impl Store {
         self.update(resource, namespace, name, |pod| {
             let meta = metadata(pod);
             if !meta.contains_key("deletionTimestamp") {
-                let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-                meta.insert("deletionTimestamp".into(), json!(now));
+                // When the kubelet may kill it: now plus the grace period.
+                let grace = grace.unwrap_or(30);
+                let at = chrono::Utc::now() + chrono::Duration::seconds(grace as i64);
+                let at = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                meta.insert("deletionTimestamp".into(), json!(at));
                 meta.insert(
                     "deletionGracePeriodSeconds".into(),
                     json!(grace.unwrap_or(30)),
@@ -461,6 +476,15 @@ impl Store {
                     .patch(group_item_ns)
                     .put(group_item_ns),
             )
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                |State(store): State<Store>,
+                 request: axum::extract::Request,
+                 next: axum::middleware::Next| async move {
+                    store.gate.open().await;
+                    next.run(request).await
+                },
+            ))
             .with_state(self.clone())
     }
 

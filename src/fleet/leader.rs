@@ -36,7 +36,8 @@ pub enum Leadership {
     /// Renewed by its own task, so that a long scaler pass cannot let it
     /// run out.
     Lease {
-        held: watch::Receiver<bool>,
+        /// Until when it holds, as of its last renewal.
+        until: watch::Receiver<tokio::time::Instant>,
         release: Option<tokio::sync::oneshot::Sender<()>>,
         task: tokio::task::JoinHandle<()>,
     },
@@ -88,25 +89,38 @@ impl Leadership {
     /// Renews a lease just taken every third of its duration, until it is
     /// lost or released.
     fn keep_lease(mut lock: LeaseLock) -> Leadership {
-        let (held_tx, held) = watch::channel(true);
+        let now = tokio::time::Instant::now();
+        let (until_tx, until) = watch::channel(lock.held_until().unwrap_or(now));
         let (release, mut released) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
+            // Every third of the duration; sooner again after a failure.
+            let mut wait = lock.duration() / 3;
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(lock.duration() / 3) => {}
+                    () = tokio::time::sleep(wait) => {}
                     _ = &mut released => {
                         lock.release().await;
                         return;
                     }
                 }
-                if !lock.renew().await {
-                    held_tx.send_replace(false);
+                let held = lock.renew().await;
+                let until = lock.held_until();
+                until_tx.send_replace(until.unwrap_or_else(tokio::time::Instant::now));
+                if !held || until.is_none() {
                     return;
                 }
+                let renewed = until.is_some_and(|u| {
+                    u.saturating_duration_since(tokio::time::Instant::now()) > lock.duration() / 2
+                });
+                wait = if renewed {
+                    lock.duration() / 3
+                } else {
+                    lock.duration() / 10
+                };
             }
         });
         Leadership::Lease {
-            held,
+            until,
             release: Some(release),
             task,
         }
@@ -121,7 +135,33 @@ impl Leadership {
                 .await
                 .is_ok_and(|r| r.is_ok()),
             Leadership::Sqlite(_) | Leadership::Alone => true,
-            Leadership::Lease { held, .. } => *held.borrow(),
+            // By the clock, not by the renewing task: a stuck call cannot
+            // keep it held past its deadline.
+            Leadership::Lease { until, .. } => tokio::time::Instant::now() < *until.borrow(),
+        }
+    }
+
+    /// Completes when a lease's deadline passes (never for the database
+    /// locks, which [`Leadership::still_held`] checks).
+    pub async fn expired(&mut self) {
+        let Leadership::Lease { until, .. } = self else {
+            return std::future::pending().await;
+        };
+        loop {
+            let deadline = *until.borrow_and_update();
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                changed = until.changed() => {
+                    if changed.is_err() {
+                        // The renewing task ended: the deadline is final.
+                        tokio::time::sleep_until(deadline).await;
+                        return;
+                    }
+                }
+            }
         }
     }
 

@@ -59,6 +59,9 @@ pub const START_FAILURE_LIMIT: u32 = 3;
 /// How often a request may be dispatched: once, plus one retry after its
 /// instance died under it.
 pub const MAX_ATTEMPTS: i32 = 2;
+/// How often a scaler whose instances outlive servers looks for ones that
+/// no scaler tracks.
+const UNTRACKED_SWEEP: Duration = Duration::from_secs(60);
 /// How long an instance gets to drop a cancelled or timed-out job before it
 /// is replaced.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
@@ -78,6 +81,10 @@ pub struct Fleet {
     run_id: String,
     /// Set while this server holds the scaler lock.
     leading: std::sync::atomic::AtomicBool,
+    /// Raised each time this server takes the scaler lock: work begun in
+    /// an earlier term (a start, a job) leaves what follows to the scaler
+    /// of the current one.
+    term: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -197,6 +204,7 @@ impl Fleet {
             state: Mutex::new(State::default()),
             run_id: Uuid::now_v7().to_string(),
             leading: std::sync::atomic::AtomicBool::new(false),
+            term: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -273,6 +281,10 @@ impl Fleet {
         Ok(StopOutcome::Stopping)
     }
 
+    fn term(&self) -> u64 {
+        self.term.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Whether this server runs the scaler now.
     pub fn is_leading(&self) -> bool {
         self.leading.load(std::sync::atomic::Ordering::Relaxed)
@@ -311,11 +323,13 @@ impl Fleet {
                 return;
             };
             tracing::info!("running the scaler");
+            self.term.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.leading
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             if let Err(e) = self.recover().await {
                 tracing::error!(error = %e, "recovery after restart failed");
             }
+            let mut last_sweep = tokio::time::Instant::now();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let lost = loop {
@@ -323,6 +337,7 @@ impl Fleet {
                     () = self.wake.notified() => {}
                     _ = tick.tick() => {}
                     _ = shutdown.changed() => break false,
+                    () = leadership.expired() => {}
                 }
                 if *shutdown.borrow() {
                     break false;
@@ -334,10 +349,21 @@ impl Fleet {
                     tracing::warn!(error = %e, "scaler pass failed");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
+                if self.backend.hands_over() && last_sweep.elapsed() >= UNTRACKED_SWEEP {
+                    // Pods an earlier scaler created after this one took
+                    // over (its start was still in flight) belong to no
+                    // instance: end them.
+                    last_sweep = tokio::time::Instant::now();
+                    let tracked = self.lock().instances.keys().copied().collect();
+                    let ended = self.backend.end_untracked(&tracked).await;
+                    if ended > 0 {
+                        tracing::warn!(ended, "ended instances that no scaler tracked");
+                    }
+                }
             };
             self.leading
                 .store(false, std::sync::atomic::Ordering::Relaxed);
-            self.shutdown().await;
+            self.shutdown(!lost).await;
             leadership.release().await;
             if !lost {
                 return;
@@ -585,6 +611,7 @@ impl Fleet {
             Cancelled,
             Died(String),
         }
+        let term = self.term();
         let id = request.id.to_string();
         let timeout = Duration::from_millis(model.request_timeout_ms.max(0) as u64);
         let mut exited = exited;
@@ -677,12 +704,17 @@ impl Fleet {
             }
             Outcome::Died(detail) => Err(format!("the instance ended during the job: {detail}")),
         };
+        if self.term() != term {
+            // This server's scaler stepped down meanwhile: the next one
+            // settles the request and owns the instance now.
+            return;
+        }
         let result = match ending {
             Ok(ending) => {
                 let status = ending.status;
                 self.finish(&request, instance_id, ending)
                     .await
-                    .map(|done| done.then_some(status))
+                    .map(|done| Some(done.then_some(status)))
             }
             Err(reason) => self
                 .requeue_or_fail(request.id, Some(instance_id), request.attempts + 1, &reason)
@@ -690,7 +722,7 @@ impl Fleet {
                 .map(|()| None),
         };
         match result {
-            Ok(Some(status)) => {
+            Ok(Some(Some(status))) => {
                 self.metrics.observe_job(&model.id, job_ms);
                 if status == RequestStatus::Succeeded {
                     let total_ms = (finished_at - request.created_at).num_milliseconds().max(0);
@@ -702,6 +734,17 @@ impl Fleet {
                     self.stop_instance(instance_id, "it kept running a cancelled job")
                         .await;
                 } else {
+                    self.instance_idle(instance_id).await;
+                }
+            }
+            Ok(Some(None)) => {
+                // The request was settled elsewhere meanwhile (its instance
+                // stopped, the request put back): an instance still marked
+                // as running it is free again.
+                let still = self.lock().instances.get(&instance_id).is_some_and(|l| {
+                    l.status == InstanceStatus::Busy && l.request == Some(request.id)
+                });
+                if still {
                     self.instance_idle(instance_id).await;
                 }
             }
@@ -962,6 +1005,7 @@ impl Fleet {
     }
 
     async fn bring_up(self: Arc<Self>, model: ModelSpec, id: Uuid, origin: Origin) {
+        let term = self.term();
         let result = match origin {
             Origin::New => {
                 self.events
@@ -1023,6 +1067,10 @@ impl Fleet {
                 }
             }
         };
+        if self.term() != term {
+            // Stepped down meanwhile: the instance is the next scaler's.
+            return;
+        }
         match result {
             Ok(started) => {
                 let now = Utc::now();
@@ -1348,9 +1396,9 @@ impl Fleet {
     /// On shutdown: running jobs go back to the queue (a restart picks them
     /// up) and every instance is stopped, or handed over when the backend's
     /// instances outlive the server.
-    async fn shutdown(self: &Arc<Self>) {
+    async fn shutdown(self: &Arc<Self>, graceful: bool) {
         if self.backend.hands_over() {
-            self.hand_over().await;
+            self.hand_over(graceful).await;
             return;
         }
         let (ids, running): (Vec<Uuid>, Vec<(Uuid, Uuid)>) = {
@@ -1400,17 +1448,27 @@ impl Fleet {
 impl Fleet {
     /// Leaves every instance running for the next scaler, which adopts
     /// them: their records stay as they are (a busy one keeps its request,
-    /// so that the next scaler cancels that job before using it), running
-    /// jobs go back to the queue and are cancelled, and the backend forgets
-    /// the instances. An instance being stopped is stopped still.
-    async fn hand_over(self: &Arc<Self>) {
+    /// so that the next scaler cancels that job before using it), and the
+    /// backend forgets the instances. On a `graceful` shutdown, still
+    /// holding the lock, running jobs also go back to the queue with their
+    /// attempt given back and are cancelled; after the lock was lost the
+    /// next scaler may be running already, so nothing is written and its
+    /// recovery does that. An instance being stopped is stopped still.
+    async fn hand_over(self: &Arc<Self>, graceful: bool) {
         let live: Vec<(Uuid, Live)> = {
             let mut state = self.lock();
             state.cancels.clear();
             state.instances.drain().collect()
         };
         let mut requeued = 0;
+        let mut cancels = Vec::new();
         for (id, l) in &live {
+            if l.status != InstanceStatus::Stopping {
+                self.backend.release(*id);
+            }
+            if !graceful {
+                continue;
+            }
             if let Some(request) = l.request {
                 let done = back_to_queue()
                     .col_expr(work_request::Column::Attempts, attempts_plus(-1))
@@ -1429,14 +1487,13 @@ impl Fleet {
                         tracing::error!(request_id = %request, error = %e, "cannot put a running request back in the queue");
                     }
                 }
-                if let Some(endpoint) = &l.endpoint {
-                    self.cog.cancel(endpoint, &request.to_string()).await;
+                if let Some(endpoint) = l.endpoint.clone() {
+                    let cog = self.cog.clone();
+                    cancels.push(async move { cog.cancel(&endpoint, &request.to_string()).await });
                 }
             }
-            if l.status != InstanceStatus::Stopping {
-                self.backend.release(*id);
-            }
         }
+        futures_util::future::join_all(cancels).await;
         tracing::info!(
             instances = live.len(),
             requests_requeued = requeued,

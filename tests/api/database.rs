@@ -59,19 +59,23 @@ async fn sqlite_uses_wal_and_enforces_foreign_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_migrating_a_new_postgres_database_together_take_turns() {
     let (_db, url) = crate::support::TestDb::create(Db::Postgres).await;
-    let config = modelfleet::config::DatabaseConfig {
-        url,
-        ..Default::default()
-    };
-    let mut pools = Vec::new();
-    for _ in 0..3 {
-        pools.push(modelfleet::db::connect(&config).await.expect("connect"));
-    }
-    let migrations = pools.iter().map(|db| modelfleet::db::migrate(db, &config));
-    for applied in futures_util::future::join_all(migrations).await {
-        applied.expect("every server migrates");
-    }
-    for db in pools {
-        db.close().await.expect("closed");
+    for schema in [None, Some("fleet".to_owned())] {
+        let config = modelfleet::config::DatabaseConfig {
+            url: url.clone(),
+            schema,
+            ..Default::default()
+        };
+        // Each connects (making the schema) and migrates, all at once.
+        let servers = (0..6).map(|_| {
+            let config = config.clone();
+            tokio::spawn(async move {
+                let db = modelfleet::db::connect(&config).await?;
+                modelfleet::db::migrate(&db, &config).await?;
+                db.close().await
+            })
+        });
+        for started in futures_util::future::join_all(servers).await {
+            started.expect("ran").expect("every server comes up");
+        }
     }
 }

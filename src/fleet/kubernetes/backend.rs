@@ -35,8 +35,26 @@ use crate::models::ModelSpec;
 /// so two deployments sharing a namespace leave each other's pods alone.
 pub const SCOPE_LABEL: &str = "modelfleet.io/scope";
 
+/// A digest of the model's pod settings the pod was made from: a scaler
+/// adopts only pods made from the settings it has now.
+pub const SETTINGS_ANNOTATION: &str = "modelfleet.io/settings-digest";
+
+fn settings_digest(settings: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    // serde_json's maps are sorted, so equal settings print the same.
+    Sha256::digest(settings.to_string().as_bytes())
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// One pod the backend runs.
 struct Tracked {
+    /// Tells this tracking of the instance from a later one (after it was
+    /// released and adopted again): a start or adoption acts only on its
+    /// own.
+    generation: u64,
     pod: String,
     /// The create call returned: a relist without the pod means it is gone.
     created: bool,
@@ -66,6 +84,7 @@ pub struct KubernetesBackend {
     scope: String,
     events: Arc<EventLog>,
     tracked: Tracking,
+    generations: std::sync::atomic::AtomicU64,
     cog: CogClient,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -119,6 +138,7 @@ impl KubernetesBackend {
             scope,
             events,
             tracked,
+            generations: std::sync::atomic::AtomicU64::new(0),
             cog: CogClient::new(),
             tasks,
         }
@@ -146,9 +166,13 @@ impl KubernetesBackend {
         instance_id: Uuid,
         pod: &str,
         created: bool,
-    ) -> watch::Receiver<Option<Observed>> {
+    ) -> (watch::Receiver<Option<Observed>>, u64) {
+        let generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (observed_tx, observed) = watch::channel(None);
         let tracked = Tracked {
+            generation,
             pod: pod.to_owned(),
             created,
             served_restarts: None,
@@ -162,7 +186,20 @@ impl KubernetesBackend {
             self.annotate_from(&tracked);
         }
         lock(&self.tracked).insert(instance_id, tracked);
-        observed
+        (observed, generation)
+    }
+
+    /// Forgets the instance if `generation` is still its current tracking;
+    /// true when it was.
+    fn untrack(&self, instance_id: Uuid, generation: u64) -> bool {
+        let mut tracked = lock(&self.tracked);
+        let current = tracked
+            .get(&instance_id)
+            .is_some_and(|t| t.generation == generation);
+        if current {
+            tracked.remove(&instance_id);
+        }
+        current
     }
 
     /// Starts the task keeping the pod's request annotation.
@@ -179,12 +216,14 @@ impl KubernetesBackend {
     fn started(
         &self,
         instance_id: Uuid,
+        generation: u64,
         pod: String,
         endpoint: String,
         seen: Observed,
     ) -> Result<Started, StartError> {
         let exited = lock(&self.tracked)
             .get(&instance_id)
+            .filter(|t| t.generation == generation)
             .map(|t| t.exited.subscribe())
             .ok_or_else(|| StartError::from("stopped while starting".to_owned()))?;
         let node = seen.detail["node"].as_str().map(str::to_owned);
@@ -204,8 +243,8 @@ impl KubernetesBackend {
     /// Deletes the pod and forgets it; used when a start is given up. A pod
     /// no longer tracked was stopped or handed over meanwhile, and is left
     /// to whoever did that.
-    async fn abandon(&self, instance_id: Uuid, pod: &str) {
-        if lock(&self.tracked).remove(&instance_id).is_none() {
+    async fn abandon(&self, instance_id: Uuid, generation: u64, pod: &str) {
+        if !self.untrack(instance_id, generation) {
             return;
         }
         match self.pods.delete(pod, &DeleteParams::default()).await {
@@ -328,20 +367,26 @@ impl Backend for KubernetesBackend {
         instance_id: Uuid,
         placed: Placed,
     ) -> Result<Started, StartError> {
-        let Some(settings) = model.kubernetes.as_ref() else {
+        let Some(raw) = model.kubernetes.as_ref() else {
             return Err(format!("model {} has no kubernetes settings", model.id).into());
         };
         let settings =
-            PodSettings::parse(settings).map_err(|e| format!("bad kubernetes settings: {e:?}"))?;
+            PodSettings::parse(raw).map_err(|e| format!("bad kubernetes settings: {e:?}"))?;
         let mut pod = settings.pod(&model.id, instance_id);
         if let Some(labels) = pod.metadata.labels.as_mut() {
             labels.insert(SCOPE_LABEL.to_owned(), self.scope.clone());
         }
+        pod.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(SETTINGS_ANNOTATION.to_owned(), settings_digest(raw));
         let name = pod_name(&model.id, instance_id);
-        let observed = self.track(instance_id, &name, false);
+        let (observed, generation) = self.track(instance_id, &name, false);
         match self.pods.create(&PostParams::default(), &pod).await {
             Ok(_) => {
-                if let Some(t) = lock(&self.tracked).get_mut(&instance_id) {
+                if let Some(t) = lock(&self.tracked).get_mut(&instance_id)
+                    && t.generation == generation
+                {
                     t.created = true;
                     self.annotate_from(t);
                 }
@@ -351,7 +396,7 @@ impl Backend for KubernetesBackend {
                 if !matches!(&e, kube::Error::Api(s) if s.code < 500) {
                     let _ = self.pods.delete(&name, &DeleteParams::default()).await;
                 }
-                lock(&self.tracked).remove(&instance_id);
+                self.untrack(instance_id, generation);
                 return Err(format!("the pod was not created: {e}").into());
             }
         }
@@ -370,11 +415,11 @@ impl Backend for KubernetesBackend {
         {
             Ok(serving) => serving,
             Err(reason) => {
-                self.abandon(instance_id, &name).await;
+                self.abandon(instance_id, generation, &name).await;
                 return Err(reason);
             }
         };
-        self.started(instance_id, name, endpoint, seen)
+        self.started(instance_id, generation, name, endpoint, seen)
     }
 
     fn hands_over(&self) -> bool {
@@ -382,13 +427,13 @@ impl Backend for KubernetesBackend {
     }
 
     async fn adopt(&self, model: &ModelSpec, instance_id: Uuid) -> Result<Started, StartError> {
-        let Some(settings) = model.kubernetes.as_ref() else {
+        let Some(raw) = model.kubernetes.as_ref() else {
             return Err(format!("model {} has no kubernetes settings", model.id).into());
         };
         let settings =
-            PodSettings::parse(settings).map_err(|e| format!("bad kubernetes settings: {e:?}"))?;
+            PodSettings::parse(raw).map_err(|e| format!("bad kubernetes settings: {e:?}"))?;
         let name = pod_name(&model.id, instance_id);
-        let observed = self.track(instance_id, &name, true);
+        let (observed, generation) = self.track(instance_id, &name, true);
         // Listed by its instance label (a `get` would need one more verb).
         let listed = self
             .pods
@@ -400,15 +445,29 @@ impl Backend for KubernetesBackend {
                 .into_iter()
                 .find(|p| p.metadata.name.as_deref() == Some(name.as_str())),
             Err(e) => {
-                lock(&self.tracked).remove(&instance_id);
+                self.untrack(instance_id, generation);
                 return Err(format!("cannot read its pod: {e}").into());
             }
         };
         let Some(pod) = pod else {
-            lock(&self.tracked).remove(&instance_id);
+            self.untrack(instance_id, generation);
             return Err("its pod is gone".to_owned().into());
         };
-        if let Some(t) = lock(&self.tracked).get_mut(&instance_id) {
+        let digest = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SETTINGS_ANNOTATION));
+        if digest != Some(&settings_digest(raw)) {
+            // Made from settings since changed: replaced, not adopted.
+            self.abandon(instance_id, generation, &name).await;
+            return Err("its pod was made from the model's earlier settings"
+                .to_owned()
+                .into());
+        }
+        if let Some(t) = lock(&self.tracked).get_mut(&instance_id)
+            && t.generation == generation
+        {
             // A watch event may have brought a newer state already.
             let seen = observe(&pod);
             t.observed.send_if_modified(|current| {
@@ -435,11 +494,11 @@ impl Backend for KubernetesBackend {
         {
             Ok(serving) => serving,
             Err(reason) => {
-                self.abandon(instance_id, &name).await;
+                self.abandon(instance_id, generation, &name).await;
                 return Err(reason);
             }
         };
-        self.started(instance_id, name, endpoint, seen)
+        self.started(instance_id, generation, name, endpoint, seen)
     }
 
     fn release(&self, instance_id: Uuid) {

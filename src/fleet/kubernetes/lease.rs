@@ -1,14 +1,16 @@
 //! The scaler's election on Kubernetes: whoever holds a
 //! `coordination.k8s.io` Lease runs the scaler.
 //!
-//! The holder renews the lease every third of its duration and steps down
-//! when two thirds have passed without a successful renewal; another
-//! replica takes the lease once a whole duration has passed since the last
-//! renewal (`renewTime + leaseDurationSeconds`, by its own clock). Every
-//! write carries the `resourceVersion` it read, so of two replicas racing
-//! for a free lease exactly one wins. The margin between stepping down and
-//! being replaced assumes the replicas' clocks agree to within a third of
-//! the duration.
+//! The holder renews the lease every third of its duration. It holds it
+//! until two thirds of the duration after it *sent* its last successful
+//! write (a hard deadline: every call is cut off there), so it has stepped
+//! down before the `renewTime` it wrote can have run out. Another replica
+//! takes the lease once a whole duration has passed since that
+//! `renewTime` (`renewTime + leaseDurationSeconds`, by its own clock).
+//! Every write carries the `resourceVersion` it read, so of two replicas
+//! racing for a free lease exactly one wins. The margin of a third of the
+//! duration between stepping down and being replaced assumes the replicas'
+//! clocks agree to within that.
 
 use std::time::Duration;
 
@@ -28,8 +30,9 @@ pub struct LeaseLock {
     duration: Duration,
     /// The lease as this replica last wrote it, while it holds it.
     held: Option<Lease>,
-    /// When this replica last wrote the lease successfully.
-    renewed: Instant,
+    /// Until when it holds it: two thirds of the duration after the last
+    /// successful write was sent.
+    deadline: Instant,
 }
 
 impl LeaseLock {
@@ -42,8 +45,16 @@ impl LeaseLock {
             identity: identity.to_owned(),
             duration,
             held: None,
-            renewed: Instant::now(),
+            deadline: Instant::now(),
         }
+    }
+
+    /// Until when this replica holds the lease, if it does.
+    pub fn held_until(&self) -> Option<Instant> {
+        self.held
+            .as_ref()
+            .map(|_| self.deadline)
+            .filter(|d| *d > Instant::now())
     }
 
     pub fn name(&self) -> &str {
@@ -61,6 +72,7 @@ impl LeaseLock {
     /// One attempt to take (or keep) the lease; `Ok(true)` when this
     /// replica holds it now.
     pub async fn try_acquire(&mut self) -> Result<bool, kube::Error> {
+        let sent = Instant::now();
         let now = Timestamp::now();
         let Some(current) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
@@ -71,7 +83,7 @@ impl LeaseLock {
                 spec: Some(self.spec(now, None)),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(written) => Ok(self.hold(written)),
+                Ok(written) => Ok(self.hold(written, sent)),
                 // Another replica created it first.
                 Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
                 Err(e) => Err(e),
@@ -90,7 +102,7 @@ impl LeaseLock {
             .replace(&self.name, &PostParams::default(), &next)
             .await
         {
-            Ok(written) => Ok(self.hold(written)),
+            Ok(written) => Ok(self.hold(written, sent)),
             // Someone wrote it since it was read: they won this round.
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
             Err(e) => Err(e),
@@ -98,34 +110,47 @@ impl LeaseLock {
     }
 
     /// Renews the lease. `false` once it is lost: another replica holds
-    /// it, or two thirds of its duration passed without a renewal.
+    /// it, or its deadline passed without a successful renewal (no call
+    /// outlives the deadline). After a failed call that left time, it is
+    /// still held and may be renewed again.
     pub async fn renew(&mut self) -> bool {
         let Some(mut lease) = self.held.clone() else {
             return false;
         };
+        let sent = Instant::now();
+        let left = self.deadline.saturating_duration_since(sent);
+        if left.is_zero() {
+            self.held = None;
+            return false;
+        }
         if let Some(spec) = lease.spec.as_mut() {
             spec.renew_time = Some(MicroTime(Timestamp::now()));
         }
         let written = tokio::time::timeout(
-            self.duration / 3,
+            left,
             self.api.replace(&self.name, &PostParams::default(), &lease),
         )
         .await;
         match written {
-            Ok(Ok(written)) => self.hold(written),
+            Ok(Ok(written)) => self.hold(written, sent),
             // Written by someone else since: ours only if it still names
             // this replica (a renewal whose answer was lost).
             Ok(Err(kube::Error::Api(status))) if status.code == 409 => {
                 self.held = None;
-                matches!(self.try_acquire().await, Ok(true))
+                let left = self.deadline.saturating_duration_since(Instant::now());
+                matches!(
+                    tokio::time::timeout(left, self.try_acquire()).await,
+                    Ok(Ok(true))
+                )
             }
             Ok(Err(e)) => {
                 tracing::warn!(lease = %self.name, error = %e, "cannot renew the scaler lease");
-                self.renewed.elapsed() < self.duration * 2 / 3
+                self.held_until().is_some()
             }
             Err(_) => {
                 tracing::warn!(lease = %self.name, "renewing the scaler lease timed out");
-                self.renewed.elapsed() < self.duration * 2 / 3
+                self.held = None;
+                false
             }
         }
     }
@@ -148,7 +173,7 @@ impl LeaseLock {
         }
     }
 
-    fn hold(&mut self, written: Lease) -> bool {
+    fn hold(&mut self, written: Lease, sent: Instant) -> bool {
         let ours = written
             .spec
             .as_ref()
@@ -156,7 +181,7 @@ impl LeaseLock {
             == Some(self.identity.as_str());
         if ours {
             self.held = Some(written);
-            self.renewed = Instant::now();
+            self.deadline = sent + self.duration * 2 / 3;
         } else {
             self.held = None;
         }
