@@ -112,6 +112,10 @@ pub struct Change {
     /// `ADDED`, `MODIFIED` or `DELETED`.
     pub kind: &'static str,
     pub object: Value,
+    /// When the store made the change (the objects' own timestamps have
+    /// whole seconds only). A watch from "any version" replays the current
+    /// state as changes made at that moment.
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 struct Inner {
@@ -229,6 +233,14 @@ impl Store {
         let mut inner = self.lock();
         inner.history.clear();
         inner.oldest_kept = inner.rv + 1;
+    }
+
+    /// Every change from now on, as it is made, for a test or benchmark
+    /// that follows the store without going through the API (and so
+    /// without adding to [`Store::calls`]). A receiver more than 65,536
+    /// changes behind is told it lagged.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 
     /// API calls made so far, by `METHOD plural` (`GET pods`, `WATCH pods`).
@@ -349,6 +361,7 @@ impl Store {
             resource,
             kind: "DELETED",
             object: object.clone(),
+            at: chrono::Utc::now(),
         };
         inner.remember(change.clone());
         let _ = self.changes.send(change);
@@ -415,6 +428,7 @@ impl Inner {
             resource: key.0,
             kind,
             object: object.clone(),
+            at: chrono::Utc::now(),
         };
         self.objects.insert(key, object.clone());
         self.remember(change.clone());
@@ -848,6 +862,7 @@ async fn list_or_watch(
         let live = store.changes.subscribe();
         if from == 0 {
             // "Any version": the current state as ADDED events.
+            let now = chrono::Utc::now();
             let backlog: Vec<Change> = inner
                 .objects
                 .iter()
@@ -857,6 +872,7 @@ async fn list_or_watch(
                     resource: *res,
                     kind: "ADDED",
                     object: o.clone(),
+                    at: now,
                 })
                 .collect();
             (backlog, live, None, snapshot_rv)
@@ -970,6 +986,37 @@ mod tests {
             );
         }
         assert!(Selector::parse("app in (x,y)").is_err());
+    }
+
+    #[test]
+    fn a_subscriber_sees_each_change_with_when_it_was_made() {
+        let store = Store::new();
+        store
+            .create(
+                Resource::POD,
+                "ns",
+                json!({ "metadata": { "name": "old" } }),
+            )
+            .expect("created");
+        let mut changes = store.subscribe();
+        let before = chrono::Utc::now();
+        store
+            .create(Resource::POD, "ns", json!({ "metadata": { "name": "p" } }))
+            .expect("created");
+        store.delete(Resource::POD, "ns", "p").expect("deleted");
+        let after = chrono::Utc::now();
+
+        let added = changes.try_recv().expect("the create");
+        assert_eq!(
+            (added.kind, added.object["metadata"]["name"].as_str()),
+            ("ADDED", Some("p"))
+        );
+        let deleted = changes.try_recv().expect("the delete");
+        assert_eq!(deleted.kind, "DELETED");
+        assert!(before <= added.at && added.at <= deleted.at && deleted.at <= after);
+        // Only what came after subscribing, and no API call counted.
+        assert!(changes.try_recv().is_err());
+        assert!(store.calls().is_empty());
     }
 
     #[test]
