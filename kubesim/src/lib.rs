@@ -273,6 +273,18 @@ impl Store {
             .collect()
     }
 
+    /// Shows `visit` every object of a kind, in place, under the store's
+    /// lock: for the control loop, which looks at every pod each tick but
+    /// copies only the few it acts on. `visit` must not call the store.
+    pub(crate) fn each(&self, resource: Resource, mut visit: impl FnMut(&Value)) {
+        let inner = self.lock();
+        for ((r, _, _), object) in &inner.objects {
+            if *r == resource {
+                visit(object);
+            }
+        }
+    }
+
     /// Stores a new object, as `POST` does. `generateName` is honoured.
     pub fn create(
         &self,
