@@ -19,11 +19,13 @@
 //!   server stored the pod, taken from kubesim's change stream (the pod's
 //!   own `creationTimestamp` has whole seconds only).
 //! - the steps of a start: scaler decision (the instance row's
-//!   `createdAt`) → pod created → bound to a node → running (the
-//!   simulator's scheduler and kubelet, on a 20 ms loop) → instance ready
-//!   (the server saw it run and its model answer its health check).
+//!   `createdAt`) → pod created → running (the simulator's scheduler and
+//!   kubelet, on a 20 ms loop) → instance ready (the server saw it run and
+//!   its model answer its health check).
 //! - submit → job start (p50, p99, max) over every request: `createdAt` →
-//!   `jobStartedAt`.
+//!   `jobStartedAt`; how fast jobs went out (the scaler hands them out one
+//!   at a time, so the gap between two job starts is what one costs it),
+//!   how long they ran, and how many pods were busy at once.
 //! - Kubernetes API calls per instance started, by kind, from kubesim's
 //!   counters, over the whole life of the server (its start-up lists and
 //!   watches included, and the deletes of its shutdown).
@@ -205,11 +207,10 @@ fn cpu_use(before: &CpuSample, after: &CpuSample) -> CpuUse {
 struct PodTimes {
     instance: Option<Uuid>,
     created: Option<DateTime<Utc>>,
-    bound: Option<DateTime<Utc>>,
     running: Option<DateTime<Utc>>,
 }
 
-/// Notes when each pod is created, bound and running, until `stop`.
+/// Notes when each pod is created and running, until `stop`.
 async fn follow_pods(
     mut changes: broadcast::Receiver<Change>,
     mut stop: oneshot::Receiver<()>,
@@ -229,9 +230,6 @@ async fn follow_pods(
             pod.instance = object["metadata"]["labels"]["modelfleet.io/instance"]
                 .as_str()
                 .and_then(|s| s.parse().ok());
-        }
-        if pod.bound.is_none() && object["spec"]["nodeName"].is_string() {
-            pod.bound = Some(change.at);
         }
         if pod.running.is_none() && object["status"]["podIP"].is_string() {
             pod.running = Some(change.at);
@@ -554,8 +552,10 @@ fn run(rt: &Runtimes, label: &str, url: &str) {
     say(&format!("  submit → pod created      {}", spread(to_pod)));
     say(&format!("  submit → job start        {}", spread(to_start)));
     say(&format!(
-        "  job starts spread over {dispatching:.2} s ({:.0} a second); at most {busiest} of {} pods busy at once",
+        "  job starts spread over {dispatching:.2} s ({:.0} a second); pods busy at once: \
+         {:.1} on average, {busiest} at most, of {}",
         starts.len() as f64 / dispatching.max(1e-3),
+        job_times.iter().sum::<i64>() as f64 / 1e6 / dispatching.max(1e-3),
         instances.len()
     ));
     say(&format!(
