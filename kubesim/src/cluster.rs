@@ -330,22 +330,27 @@ async fn control_loop(store: Store, knobs: Arc<Mutex<Knobs>>) {
 /// that counts the reasons per node as the real scheduler's does. (Pod
 /// affinity preferences are not weighed.)
 fn schedule(store: &Store) {
-    let pods = store.list(Resource::POD, None);
-    let nodes = store.list(Resource::NODE, None);
+    // What bound pods use, and copies of the unbound ones only.
     let mut used: HashMap<String, (u64, u64, u64)> = HashMap::new();
-    for pod in &pods {
-        if let Some(node) = pod["spec"]["nodeName"].as_str()
-            && !is_done(pod)
-        {
-            let r = requests(pod);
-            let u = used.entry(node.to_owned()).or_default();
-            *u = (u.0 + r.0, u.1 + r.1, u.2 + r.2);
+    let mut unbound = Vec::new();
+    store.each(Resource::POD, |pod| {
+        if is_done(pod) {
+            return;
         }
+        match pod["spec"]["nodeName"].as_str() {
+            Some(node) => {
+                let r = requests(pod);
+                let u = used.entry(node.to_owned()).or_default();
+                *u = (u.0 + r.0, u.1 + r.1, u.2 + r.2);
+            }
+            None => unbound.push(pod.clone()),
+        }
+    });
+    if unbound.is_empty() {
+        return;
     }
-    for pod in &pods {
-        if pod["spec"]["nodeName"].is_string() || is_done(pod) {
-            continue;
-        }
+    let nodes = store.list(Resource::NODE, None);
+    for pod in &unbound {
         let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut chosen = None;
         for node in &nodes {
@@ -429,17 +434,31 @@ async fn run_kubelet(
 ) {
     // Terminating pods: their containers exit at once on SIGTERM, and the
     // object goes.
-    for pod in store.list(Resource::POD, None) {
+    let mut terminating = Vec::new();
+    store.each(Resource::POD, |pod| {
         if pod["metadata"]["deletionTimestamp"].is_string() {
-            let (ns, name) = names(&pod);
-            if let Some(server) = running.remove(&(ns.clone(), name.clone())) {
-                server.task.abort();
-            }
-            let _ = store.delete(Resource::POD, &ns, &name);
+            terminating.push(names(pod));
         }
+    });
+    for (ns, name) in terminating {
+        if let Some(server) = running.remove(&(ns.clone(), name.clone())) {
+            server.task.abort();
+        }
+        let _ = store.delete(Resource::POD, &ns, &name);
     }
-    let pods = store.list(Resource::POD, None);
-    let live: BTreeSet<(String, String)> = pods.iter().filter(|p| !is_done(p)).map(names).collect();
+    // The pods still live, and copies of the bound ones not started yet.
+    let mut live: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut to_start = Vec::new();
+    store.each(Resource::POD, |pod| {
+        if is_done(pod) {
+            return;
+        }
+        let key = names(pod);
+        if pod["spec"]["nodeName"].is_string() && !running.contains_key(&key) {
+            to_start.push(pod.clone());
+        }
+        live.insert(key);
+    });
     running.retain(|key, server| {
         let keep = live.contains(key);
         if !keep {
@@ -447,14 +466,8 @@ async fn run_kubelet(
         }
         keep
     });
-    for pod in &pods {
-        if !pod["spec"]["nodeName"].is_string() || is_done(pod) {
-            continue;
-        }
+    for pod in &to_start {
         let key = names(pod);
-        if running.contains_key(&key) {
-            continue;
-        }
         let container = &pod["spec"]["containers"][0];
         let image = container["image"].as_str().unwrap_or_default();
         let (ns, name) = key.clone();

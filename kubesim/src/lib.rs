@@ -117,6 +117,10 @@ pub struct Change {
     /// `ADDED`, `MODIFIED` or `DELETED`.
     pub kind: &'static str,
     pub object: Value,
+    /// When the store made the change (the objects' own timestamps have
+    /// whole seconds only). A watch from "any version" replays the current
+    /// state as changes made at that moment.
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 struct Inner {
@@ -248,6 +252,14 @@ impl Store {
         inner.oldest_kept = inner.rv + 1;
     }
 
+    /// Every change from now on, as it is made, for a test or benchmark
+    /// that follows the store without going through the API (and so
+    /// without adding to [`Store::calls`]). A receiver more than 65,536
+    /// changes behind is told it lagged.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
     /// API calls made so far, by `METHOD plural` (`GET pods`, `WATCH pods`).
     pub fn calls(&self) -> BTreeMap<String, u64> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -276,6 +288,18 @@ impl Store {
             .filter(|((r, ns, _), _)| *r == resource && namespace.is_none_or(|n| n == ns))
             .map(|(_, v)| v.clone())
             .collect()
+    }
+
+    /// Shows `visit` every object of a kind, in place, under the store's
+    /// lock: for the control loop, which looks at every pod each tick but
+    /// copies only the few it acts on. `visit` must not call the store.
+    pub(crate) fn each(&self, resource: Resource, mut visit: impl FnMut(&Value)) {
+        let inner = self.lock();
+        for ((r, _, _), object) in &inner.objects {
+            if *r == resource {
+                visit(object);
+            }
+        }
     }
 
     /// Stores a new object, as `POST` does. `generateName` is honoured.
@@ -414,10 +438,7 @@ impl Store {
                 let at = chrono::Utc::now() + chrono::Duration::seconds(grace as i64);
                 let at = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                 meta.insert("deletionTimestamp".into(), json!(at));
-                meta.insert(
-                    "deletionGracePeriodSeconds".into(),
-                    json!(grace.unwrap_or(30)),
-                );
+                meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
             }
         })
     }
@@ -442,6 +463,7 @@ impl Store {
             resource,
             kind: "DELETED",
             object: object.clone(),
+            at: chrono::Utc::now(),
         };
         inner.remember(change.clone());
         let _ = self.changes.send(change);
@@ -518,6 +540,7 @@ impl Inner {
             resource: key.0,
             kind,
             object: object.clone(),
+            at: chrono::Utc::now(),
         };
         self.objects.insert(key, object.clone());
         self.remember(change.clone());
@@ -964,6 +987,7 @@ async fn list_or_watch(
         let live = store.changes.subscribe();
         if from == 0 {
             // "Any version": the current state as ADDED events.
+            let now = chrono::Utc::now();
             let backlog: Vec<Change> = inner
                 .objects
                 .iter()
@@ -973,6 +997,7 @@ async fn list_or_watch(
                     resource: *res,
                     kind: "ADDED",
                     object: o.clone(),
+                    at: now,
                 })
                 .collect();
             (backlog, live, None, snapshot_rv)
@@ -1086,6 +1111,37 @@ mod tests {
             );
         }
         assert!(Selector::parse("app in (x,y)").is_err());
+    }
+
+    #[test]
+    fn a_subscriber_sees_each_change_with_when_it_was_made() {
+        let store = Store::new();
+        store
+            .create(
+                Resource::POD,
+                "ns",
+                json!({ "metadata": { "name": "old" } }),
+            )
+            .expect("created");
+        let mut changes = store.subscribe();
+        let before = chrono::Utc::now();
+        store
+            .create(Resource::POD, "ns", json!({ "metadata": { "name": "p" } }))
+            .expect("created");
+        store.delete(Resource::POD, "ns", "p").expect("deleted");
+        let after = chrono::Utc::now();
+
+        let added = changes.try_recv().expect("the create");
+        assert_eq!(
+            (added.kind, added.object["metadata"]["name"].as_str()),
+            ("ADDED", Some("p"))
+        );
+        let deleted = changes.try_recv().expect("the delete");
+        assert_eq!(deleted.kind, "DELETED");
+        assert!(before <= added.at && added.at <= deleted.at && deleted.at <= after);
+        // Only what came after subscribing, and no API call counted.
+        assert!(changes.try_recv().is_err());
+        assert!(store.calls().is_empty());
     }
 
     #[test]
