@@ -95,7 +95,7 @@ impl Fleet {
         tracing::info!(
             instances_closed = stale.rows_affected,
             instances_adopted = adopted.len(),
-            processes_ended = ended,
+            untracked_ended = ended,
             requests_requeued = requeued,
             requests_failed = running.len() - requeued,
             "recovered after restart"
