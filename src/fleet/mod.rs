@@ -570,16 +570,8 @@ impl Fleet {
                 self.publish_status(instance_id, InstanceStatus::Busy, Some(request.id), None);
             }
         }
-        self.write_instance(instance_id, InstanceStatus::Busy, Some(request.id), None)
-            .await;
-        self.events
-            .record(
-                instance_id,
-                EventKind::Normal,
-                "Assigned",
-                &format!("request {}", request.id),
-            )
-            .await;
+        // The instance's record and event are written by the job's task,
+        // off the scaler's path: it claims the next request meanwhile.
         self.announce(request.id, RequestStatus::Running);
         self.metrics.observe_queue(&model.id, queue_ms);
         let fleet = self.clone();
@@ -612,6 +604,25 @@ impl Fleet {
             Died(String),
         }
         let term = self.term();
+        // Only over READY: a stop that came first is not overwritten.
+        let busy = instance::Entity::update_many()
+            .col_expr(instance::Column::Status, Expr::value(InstanceStatus::Busy))
+            .col_expr(instance::Column::RequestId, Expr::value(request.id))
+            .filter(instance::Column::Id.eq(instance_id))
+            .filter(instance::Column::Status.eq(InstanceStatus::Ready))
+            .exec(&self.db)
+            .await;
+        if let Err(e) = busy {
+            tracing::warn!(instance_id = %instance_id, error = %e, "cannot record instance status");
+        }
+        self.events
+            .record(
+                instance_id,
+                EventKind::Normal,
+                "Assigned",
+                &format!("request {}", request.id),
+            )
+            .await;
         let id = request.id.to_string();
         let timeout = Duration::from_millis(model.request_timeout_ms.max(0) as u64);
         let mut exited = exited;
