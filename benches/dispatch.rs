@@ -16,6 +16,8 @@
 
 mod support;
 
+use support::gql;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -23,7 +25,7 @@ use entity::{RequestStatus, work_request};
 use modelfleet::app::Application;
 use modelfleet::config::Config;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const REQUESTS: usize = 400;
 const WARM_UP: usize = 40;
@@ -35,22 +37,6 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
-}
-
-async fn gql(
-    http: &reqwest::Client,
-    addr: SocketAddr,
-    token: Option<&str>,
-    query: &str,
-    vars: Value,
-) -> Value {
-    let mut req = http
-        .post(format!("http://{addr}/graphql"))
-        .json(&json!({ "query": query, "variables": vars }));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    req.send().await.expect("sent").json().await.expect("json")
 }
 
 async fn run(label: &str, url: &str) {

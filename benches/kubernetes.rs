@@ -41,6 +41,8 @@
 
 mod support;
 
+use support::gql;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -54,7 +56,7 @@ use kubesim::{Change, Cluster, NodeSpec, Resource};
 use modelfleet::app::Application;
 use modelfleet::config::{BackendKind, Config};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
@@ -253,22 +255,6 @@ async fn follow_pods(
         }
     }
     pods
-}
-
-async fn gql(
-    http: &reqwest::Client,
-    addr: SocketAddr,
-    token: Option<&str>,
-    query: &str,
-    vars: Value,
-) -> Value {
-    let mut req = http
-        .post(format!("http://{addr}/graphql"))
-        .json(&json!({ "query": query, "variables": vars }));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    req.send().await.expect("sent").json().await.expect("json")
 }
 
 fn model_id(i: usize) -> String {

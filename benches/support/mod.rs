@@ -1,6 +1,28 @@
-//! What the benchmarks share: a PostgreSQL database made for one run.
+//! What the benchmarks share: a PostgreSQL database made for one run, and
+//! a GraphQL call.
+
+use std::net::SocketAddr;
 
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use serde_json::{Value, json};
+
+/// Posts a GraphQL query to the server at `addr`, as `token` when given.
+#[allow(dead_code, reason = "not every benchmark talks GraphQL")]
+pub async fn gql(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    token: Option<&str>,
+    query: &str,
+    vars: Value,
+) -> Value {
+    let mut req = http
+        .post(format!("http://{addr}/graphql"))
+        .json(&json!({ "query": query, "variables": vars }));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.expect("sent").json().await.expect("json")
+}
 
 /// The server benchmarks use, found as the tests find it.
 pub fn pg_admin_url() -> String {
