@@ -160,7 +160,6 @@ fn on_cluster(config: &mut modelfleet::config::Config, cluster: &Cluster) {
     config.kubernetes.api_url = Some(cluster.url());
     config.kubernetes.namespace = Some(NAMESPACE.to_owned());
     config.kubernetes.start_timeout_secs = 20;
-    config.kubernetes.lease_duration_secs = 3;
     config.models = vec![model()];
 }
 
@@ -334,7 +333,7 @@ impl Replica {
             .env("MODELFLEET_BACKEND", "kubernetes")
             .env("MODELFLEET_KUBERNETES__API_URL", cluster.url())
             .env("MODELFLEET_KUBERNETES__NAMESPACE", NAMESPACE)
-            .env("MODELFLEET_KUBERNETES__LEASE_DURATION_SECS", "3")
+            .env("MODELFLEET_KUBERNETES__LEASE_DURATION_SECS", "4")
             .env("MODELFLEET_KUBERNETES__START_TIMEOUT_SECS", "20")
             .env("HOSTNAME", name)
             .env_remove("RUST_LOG")
@@ -443,12 +442,12 @@ db_test!(two_replicas_elect_one_scaler_and_the_other_takes_over_when_it_dies, db
     assert_eq!(lease["spec"]["leaseTransitions"], 0, "{lease}");
 
     // The leader dies mid-job: the standby takes over within the lease
-    // period (3 s) and a poll, adopts the pod, cancels the orphaned job
+    // period (4 s) and a poll, adopts the pod, cancels the orphaned job
     // there, and runs it again.
     a.child.kill().expect("SIGKILL");
     let _ = a.child.wait();
     let took = until_scaler(&cluster, "replica-b-", Duration::from_secs(10)).await;
-    assert!(took < Duration::from_secs(5), "took over after {took:?}");
+    assert!(took < Duration::from_secs(6), "took over after {took:?}");
     let done = b.wait_for(&token, &long, "SUCCEEDED").await;
     assert_eq!(done["output"], "long");
     assert_eq!(done["attempts"], 2, "{done}");

@@ -125,9 +125,15 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Takes over an instance that an earlier scaler started and left
     /// running, and returns as [`Backend::start`] does once it answers
-    /// (busy with an old job counts: the caller cancels that job).
-    async fn adopt(&self, model: &ModelSpec, instance_id: Uuid) -> Result<Started, StartError> {
-        let _ = (model, instance_id);
+    /// (busy with an old job counts: the caller cancels that job), saying
+    /// `placed` as `start` does.
+    async fn adopt(
+        &self,
+        model: &ModelSpec,
+        instance_id: Uuid,
+        placed: Placed,
+    ) -> Result<Started, StartError> {
+        let _ = (model, instance_id, placed);
         Err(format!("the {} backend cannot adopt instances", self.name()).into())
     }
 

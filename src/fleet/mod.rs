@@ -81,9 +81,9 @@ pub struct Fleet {
     run_id: String,
     /// Set while this server holds the scaler lock.
     leading: std::sync::atomic::AtomicBool,
-    /// Raised each time this server takes the scaler lock: work begun in
-    /// an earlier term (a start, a job) leaves what follows to the scaler
-    /// of the current one.
+    /// Raised each time this server takes the scaler lock and each time it
+    /// lets it go: work begun in an earlier term (a start, a job) records
+    /// nothing and leaves what follows to the shutdown or the next scaler.
     term: std::sync::atomic::AtomicU64,
 }
 
@@ -363,6 +363,8 @@ impl Fleet {
             };
             self.leading
                 .store(false, std::sync::atomic::Ordering::Relaxed);
+            // Work begun in this term writes nothing from here on.
+            self.term.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.shutdown(!lost).await;
             leadership.release().await;
             if !lost {
@@ -716,8 +718,8 @@ impl Fleet {
             Outcome::Died(detail) => Err(format!("the instance ended during the job: {detail}")),
         };
         if self.term() != term {
-            // This server's scaler stepped down meanwhile: the next one
-            // settles the request and owns the instance now.
+            // This scaler's term ended meanwhile: the shutdown, or the next
+            // scaler's recovery, settles the request.
             return;
         }
         let result = match ending {
@@ -993,7 +995,7 @@ impl Fleet {
             id,
             Live {
                 model_id: model.id.clone(),
-                status: InstanceStatus::Starting,
+                status: InstanceStatus::Pending,
                 endpoint: None,
                 request: None,
                 idle_since: tokio::time::Instant::now(),
@@ -1007,11 +1009,22 @@ impl Fleet {
         tokio::spawn(async move { fleet.bring_up(model, id, Origin::Adopted { running }).await });
     }
 
-    /// Forgets an instance whose start ended here without it failing: it
-    /// was stopped meanwhile, or handed over (then it is left running).
-    async fn let_go(&self, id: Uuid) {
-        if self.is_leading() || !self.backend.hands_over() {
-            self.backend.stop(id).await;
+    /// An instance is PENDING until the backend has placed it (a pod bound
+    /// to a node), then STARTING.
+    async fn starting_when_placed(&self, id: Uuid, placed: tokio::sync::oneshot::Receiver<()>) {
+        if placed.await.is_err() {
+            return;
+        }
+        let pending = match self.lock().instances.get_mut(&id) {
+            Some(live) if live.status == InstanceStatus::Pending => {
+                live.status = InstanceStatus::Starting;
+                true
+            }
+            _ => false,
+        };
+        if pending {
+            self.set_instance(id, InstanceStatus::Starting, None, None)
+                .await;
         }
     }
 
@@ -1022,31 +1035,15 @@ impl Fleet {
                 self.events
                     .record(id, EventKind::Normal, "Starting", "starting the instance")
                     .await;
-                // PENDING until the backend has placed it (a pod bound to
-                // a node), then STARTING.
                 let (placed, on_placed) = Placed::new();
-                let mark = async {
-                    if on_placed.await.is_err() {
-                        return;
-                    }
-                    let pending = match self.lock().instances.get_mut(&id) {
-                        Some(live) if live.status == InstanceStatus::Pending => {
-                            live.status = InstanceStatus::Starting;
-                            true
-                        }
-                        _ => false,
-                    };
-                    if pending {
-                        self.set_instance(id, InstanceStatus::Starting, None, None)
-                            .await;
-                    }
-                };
-                let (started, ()) = tokio::join!(self.backend.start(&model, id, placed), mark);
+                let (started, ()) = tokio::join!(
+                    self.backend.start(&model, id, placed),
+                    self.starting_when_placed(id, on_placed)
+                );
                 started
             }
             Origin::Adopted { running } => {
-                self.set_status(id, InstanceStatus::Starting);
-                self.set_instance(id, InstanceStatus::Starting, None, None)
+                self.set_instance(id, InstanceStatus::Pending, None, None)
                     .await;
                 self.events
                     .record(
@@ -1056,7 +1053,12 @@ impl Fleet {
                         "taking over from an earlier scaler",
                     )
                     .await;
-                match self.backend.adopt(&model, id).await {
+                let (placed, on_placed) = Placed::new();
+                let (adopted, ()) = tokio::join!(
+                    self.backend.adopt(&model, id, placed),
+                    self.starting_when_placed(id, on_placed)
+                );
+                match adopted {
                     Ok(started) => match running {
                         // Its job went back to the queue: cancel it there.
                         Some(request) => {
@@ -1079,7 +1081,11 @@ impl Fleet {
             }
         };
         if self.term() != term {
-            // Stepped down meanwhile: the instance is the next scaler's.
+            // This scaler's term ended meanwhile. An instance that outlives
+            // it is the next scaler's (adopted or swept); any other ends.
+            if result.is_ok() && !self.backend.hands_over() {
+                self.backend.stop(id).await;
+            }
             return;
         }
         match result {
@@ -1093,7 +1099,7 @@ impl Fleet {
                     })
                 };
                 if !starting {
-                    self.let_go(id).await;
+                    self.backend.stop(id).await;
                     return;
                 }
                 // Recorded before the scaler can see it ready, so that a first
@@ -1143,7 +1149,7 @@ impl Fleet {
                 if !ready {
                     // Stopped (or handed over) while its readiness was being
                     // recorded.
-                    self.let_go(id).await;
+                    self.backend.stop(id).await;
                     return;
                 }
                 self.events
@@ -1179,9 +1185,9 @@ impl Fleet {
                     return;
                 }
                 if let Origin::Adopted { .. } = origin {
-                    // Gone while the server was away: no failure of the
-                    // model either.
-                    let reason = format!("not adopted after a restart: {reason}");
+                    // Gone (or given up) after the scaler changed hands: no
+                    // failure of the model's start either.
+                    let reason = format!("after the scaler changed hands: {reason}");
                     self.events
                         .record(id, EventKind::Normal, "NotAdopted", &reason)
                         .await;

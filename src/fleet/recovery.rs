@@ -88,7 +88,7 @@ impl Fleet {
                 request.id,
                 None,
                 request.attempts,
-                "the server restarted during the job",
+                "its scaler stopped during the job (a restart or a take-over)",
             )
             .await?;
         }

@@ -426,7 +426,12 @@ impl Backend for KubernetesBackend {
         true
     }
 
-    async fn adopt(&self, model: &ModelSpec, instance_id: Uuid) -> Result<Started, StartError> {
+    async fn adopt(
+        &self,
+        model: &ModelSpec,
+        instance_id: Uuid,
+        placed: Placed,
+    ) -> Result<Started, StartError> {
         let Some(raw) = model.kubernetes.as_ref() else {
             return Err(format!("model {} has no kubernetes settings", model.id).into());
         };
@@ -489,7 +494,7 @@ impl Backend for KubernetesBackend {
         }
         tracing::info!(instance_id = %instance_id, model_id = %model.id, pod = %name, "adopting pod");
         let (endpoint, seen) = match self
-            .wait_serving(instance_id, settings.port, observed, true, Placed::new().0)
+            .wait_serving(instance_id, settings.port, observed, true, placed)
             .await
         {
             Ok(serving) => serving,

@@ -60,6 +60,9 @@ fn cog_port() -> u16 {
     5000
 }
 
+/// The resource name of NVIDIA GPUs, counted in whole devices.
+const GPU: &str = "nvidia.com/gpu";
+
 impl PodSettings {
     /// Reads a model's `kubernetes` table, naming every field that breaks a
     /// rule (as `kubernetes.<field>`).
@@ -100,6 +103,36 @@ impl PodSettings {
                         ),
                     );
                 }
+            }
+        }
+        for (field, map) in [
+            ("requests", &settings.requests),
+            ("limits", &settings.limits),
+        ] {
+            if let Some(gpus) = map.get(GPU)
+                && !gpus.chars().all(|c| c.is_ascii_digit())
+            {
+                fail(field, format!("{GPU} = {gpus:?} must be a whole number"));
+            }
+        }
+        for (i, toleration) in settings.tolerations.iter().enumerate() {
+            if let Some(operator) = toleration.operator.as_deref()
+                && !matches!(operator, "Exists" | "Equal")
+            {
+                fail(
+                    "tolerations",
+                    format!("[{i}].operator {operator:?} must be Exists or Equal"),
+                );
+            }
+            if let Some(effect) = toleration.effect.as_deref()
+                && !matches!(effect, "" | "NoSchedule" | "PreferNoSchedule" | "NoExecute")
+            {
+                fail(
+                    "tolerations",
+                    format!(
+                        "[{i}].effect {effect:?} must be NoSchedule, PreferNoSchedule or NoExecute"
+                    ),
+                );
             }
         }
         for name in settings.env.keys() {
@@ -304,6 +337,29 @@ mod tests {
             panic!("refused");
         };
         assert!(errors["kubernetes"][0].contains("colour"), "{errors:?}");
+
+        // GPUs come whole; tolerations use the operators and effects
+        // Kubernetes knows.
+        let Err(errors) = PodSettings::parse(&json!({
+            "image": "x",
+            "limits": { "nvidia.com/gpu": "1.5" },
+            "tolerations": [{ "key": "k", "operator": "Sometimes", "effect": "Never" }],
+        })) else {
+            panic!("refused");
+        };
+        assert!(
+            errors["kubernetes.limits"][0].contains("whole number"),
+            "{errors:?}"
+        );
+        assert_eq!(errors["kubernetes.tolerations"].len(), 2, "{errors:?}");
+        assert!(
+            PodSettings::parse(&json!({
+                "image": "x",
+                "limits": { "nvidia.com/gpu": "2" },
+                "tolerations": [{ "key": "k", "operator": "Equal", "value": "v", "effect": "NoExecute" }],
+            }))
+            .is_ok()
+        );
     }
 
     #[test]
