@@ -790,3 +790,36 @@ db_test!(a_model_saved_through_the_api_keeps_its_pod_settings_and_runs_on_a_pod,
         "the model ran on a pod of its own"
     );
 });
+
+db_test!(a_pod_that_never_fits_is_given_up_once_no_request_waits_for_it, db => {
+    let cluster = Cluster::start().await;
+    cluster.add_node(&NodeSpec::new("tiny", 0, 1));
+    let (app, admin) = server_on(&cluster, db, "example/sleepy:1").await;
+    let token = app.anonymous().await;
+    let id = app.submit(&token, "pods", json!({ "message": "never" })).await;
+    app.eventually("a PENDING instance", 30, || async {
+        let body = app.gql_as(&admin, INSTANCES, json!({ "f": { "modelIds": ["pods"] } })).await;
+        body["data"]["instances"]["nodes"][0]["status"] == "PENDING"
+    })
+    .await;
+    let body = app
+        .gql_as(&token, "mutation($id: ID!) { cancelRequest(id: $id) { status } }", json!({ "id": id }))
+        .await;
+    assert_eq!(body["data"]["cancelRequest"]["status"], "CANCELLED", "{body}");
+
+    // Nothing waits for it: within its grace (5 s) and a pass, it stops and
+    // its pod goes.
+    app.eventually("the unplaced instance to stop", 20, || async {
+        let body = app
+            .gql_as(&admin, INSTANCES, json!({ "f": { "modelIds": ["pods"], "statuses": ["STOPPED"] } }))
+            .await;
+        body["data"]["instances"]["nodes"][0]["stopReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not placed"))
+    })
+    .await;
+    app.eventually("its pod to go", 10, || async {
+        cluster.store.list(Resource::POD, Some("modelfleet")).is_empty()
+    })
+    .await;
+});

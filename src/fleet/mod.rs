@@ -62,6 +62,9 @@ pub const MAX_ATTEMPTS: i32 = 2;
 /// How often a scaler whose instances outlive servers looks for ones that
 /// no scaler tracks.
 const UNTRACKED_SWEEP: Duration = Duration::from_secs(60);
+/// How long an instance may wait to be placed before, with no request
+/// waiting for it, it is given up.
+const UNPLACED_GRACE: Duration = Duration::from_secs(5);
 /// How long an instance gets to drop a cancelled or timed-out job before it
 /// is replaced.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
@@ -496,6 +499,26 @@ impl Fleet {
                 }
                 let reason = format!("idle for {} s", timeout.as_secs());
                 self.stop_instance(id, &reason).await;
+                active -= 1;
+            }
+            // Instances still not placed (a pod no node has room for) that
+            // no request waits for any more are given up, newest first,
+            // never below min.
+            let mut unplaced: Vec<(Uuid, tokio::time::Instant)> = self
+                .lock()
+                .instances
+                .iter()
+                .filter(|(_, l)| l.model_id == model.id && l.status == InstanceStatus::Pending)
+                .filter(|(_, l)| now.duration_since(l.idle_since) >= UNPLACED_GRACE)
+                .map(|(id, l)| (*id, l.idle_since))
+                .collect();
+            unplaced.sort_by_key(|(_, since)| std::cmp::Reverse(*since));
+            for (id, _) in unplaced {
+                if active <= min {
+                    break;
+                }
+                self.stop_instance(id, "not placed, and no request waits for it")
+                    .await;
                 active -= 1;
             }
         }
