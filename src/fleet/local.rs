@@ -95,6 +95,13 @@ impl LocalBackend {
         if tokio::fs::read_to_string(&stamp).await.ok().as_deref() == Some(digest.as_str()) {
             return Ok(());
         }
+        // No stamp while the setup runs: one that fails or is cut short
+        // (the server killed) must run again next time, not count as done.
+        match tokio::fs::remove_file(&stamp).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove {}: {e}", stamp.display())),
+        }
         tracing::info!(model_id = %model.id, workdir = %local.workdir.display(), "model setup started");
         let started = Instant::now();
         let mut child = Command::new(&setup.command[0])
@@ -159,7 +166,12 @@ impl LocalBackend {
             tracing::warn!(model_id = %model.id, duration_ms, status = %status, "model setup failed");
             return Err(format!("setup failed ({status}): {tail}"));
         }
-        tokio::fs::write(&stamp, &digest)
+        // Written whole or not at all: a reader never sees half a digest.
+        let partial = local.workdir.join(format!("{SETUP_STAMP}.partial"));
+        tokio::fs::write(&partial, &digest)
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+        tokio::fs::rename(&partial, &stamp)
             .await
             .map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
         tracing::info!(model_id = %model.id, duration_ms, "model setup finished");

@@ -1032,6 +1032,15 @@ impl Fleet {
         tokio::spawn(async move { fleet.bring_up(model, id, Origin::Adopted { running }).await });
     }
 
+    /// Ends an instance whose start (or adoption) finished when it was no
+    /// longer wanted, unless it outlives the term it was begun in and that
+    /// term has ended: then it is the next scaler's to adopt or sweep.
+    async fn discard(&self, id: Uuid, term: u64) {
+        if self.term() == term || !self.backend.hands_over() {
+            self.backend.stop(id).await;
+        }
+    }
+
     /// An instance is PENDING until the backend has placed it (a pod bound
     /// to a node), then STARTING.
     async fn starting_when_placed(&self, id: Uuid, placed: tokio::sync::oneshot::Receiver<()>) {
@@ -1091,7 +1100,7 @@ impl Fleet {
                             if self.wait_idle(&started.endpoint).await {
                                 Ok(started)
                             } else {
-                                self.backend.stop(id).await;
+                                self.discard(id, term).await;
                                 Err("it kept running a job from before the restart"
                                     .to_owned()
                                     .into())
@@ -1106,8 +1115,8 @@ impl Fleet {
         if self.term() != term {
             // This scaler's term ended meanwhile. An instance that outlives
             // it is the next scaler's (adopted or swept); any other ends.
-            if result.is_ok() && !self.backend.hands_over() {
-                self.backend.stop(id).await;
+            if result.is_ok() {
+                self.discard(id, term).await;
             }
             return;
         }
@@ -1122,7 +1131,7 @@ impl Fleet {
                     })
                 };
                 if !starting {
-                    self.backend.stop(id).await;
+                    self.discard(id, term).await;
                     return;
                 }
                 // Recorded before the scaler can see it ready, so that a first
@@ -1172,7 +1181,7 @@ impl Fleet {
                 if !ready {
                     // Stopped (or handed over) while its readiness was being
                     // recorded.
-                    self.backend.stop(id).await;
+                    self.discard(id, term).await;
                     return;
                 }
                 self.events
