@@ -16,7 +16,7 @@
 
 mod support;
 
-use support::gql;
+use support::{anonymous_token, gql};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -77,18 +77,7 @@ async fn run(label: &str, url: &str) {
     }
 
     let http = reqwest::Client::new();
-    let body = gql(
-        &http,
-        addr,
-        None,
-        "mutation { startAnonymousSession { token } }",
-        json!({}),
-    )
-    .await;
-    let token = body["data"]["startAnonymousSession"]["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let token = anonymous_token(&http, addr).await;
     let submit = "mutation { submitRequest(input: { modelId: \"bench\", input: { message: \"x\" } }) { id } }";
 
     let drive = |count: usize| {

@@ -41,7 +41,7 @@
 
 mod support;
 
-use support::gql;
+use support::{anonymous_token, gql};
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -298,18 +298,7 @@ fn config(url: &str, api_url: String) -> Config {
 /// taken, then waits until none is queued or running.
 async fn drive(addr: SocketAddr, db: DatabaseConnection) -> (Duration, Duration) {
     let http = reqwest::Client::new();
-    let body = gql(
-        &http,
-        addr,
-        None,
-        "mutation { startAnonymousSession { token } }",
-        json!({}),
-    )
-    .await;
-    let token = body["data"]["startAnonymousSession"]["token"]
-        .as_str()
-        .expect("a token")
-        .to_owned();
+    let token = anonymous_token(&http, addr).await;
     let submit = "mutation($i: SubmitRequestInput!) { submitRequest(input: $i) { id } }";
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();

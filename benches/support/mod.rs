@@ -6,6 +6,23 @@ use std::net::SocketAddr;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use serde_json::{Value, json};
 
+/// Starts an anonymous session on the server at `addr`; its token.
+#[allow(dead_code, reason = "not every benchmark talks GraphQL")]
+pub async fn anonymous_token(http: &reqwest::Client, addr: SocketAddr) -> String {
+    let body = gql(
+        http,
+        addr,
+        None,
+        "mutation { startAnonymousSession { token } }",
+        json!({}),
+    )
+    .await;
+    body["data"]["startAnonymousSession"]["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned()
+}
+
 /// Posts a GraphQL query to the server at `addr`, as `token` when given.
 #[allow(dead_code, reason = "not every benchmark talks GraphQL")]
 pub async fn gql(

@@ -172,6 +172,18 @@ struct Live {
 }
 
 impl Live {
+    /// A new instance of `model_id`, not placed yet.
+    fn pending(model_id: &str) -> Live {
+        Live {
+            model_id: model_id.to_owned(),
+            status: InstanceStatus::Pending,
+            endpoint: None,
+            request: None,
+            idle_since: tokio::time::Instant::now(),
+            exited: None,
+        }
+    }
+
     /// Counts toward the model's instances.
     fn active(&self) -> bool {
         matches!(
@@ -976,17 +988,7 @@ impl Fleet {
         })
         .exec(&self.db)
         .await?;
-        self.lock().instances.insert(
-            id,
-            Live {
-                model_id: model.id.clone(),
-                status: InstanceStatus::Pending,
-                endpoint: None,
-                request: None,
-                idle_since: tokio::time::Instant::now(),
-                exited: None,
-            },
-        );
+        self.lock().instances.insert(id, Live::pending(&model.id));
         self.board.created(InstanceRecord {
             id,
             model_id: model.id.clone(),
@@ -1014,17 +1016,7 @@ impl Fleet {
     pub(super) fn adopt_instance(self: &Arc<Self>, model: &ModelSpec, row: instance::Model) {
         let id = row.id;
         let running = row.request_id;
-        self.lock().instances.insert(
-            id,
-            Live {
-                model_id: model.id.clone(),
-                status: InstanceStatus::Pending,
-                endpoint: None,
-                request: None,
-                idle_since: tokio::time::Instant::now(),
-                exited: None,
-            },
-        );
+        self.lock().instances.insert(id, Live::pending(&model.id));
         self.board.created(board::InstanceRecord::from(row));
         tracing::info!(instance_id = %id, model_id = %model.id, "adopting instance");
         let fleet = self.clone();
