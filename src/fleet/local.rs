@@ -474,6 +474,61 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_setup_runs_without_a_stamp_and_stamps_only_on_success() {
+        use crate::models::{ModelSpec, Protocol};
+        let db = sea_orm::Database::connect("sqlite::memory:")
+            .await
+            .expect("db");
+        let backend = LocalBackend::new(
+            "test",
+            EventLog::new(db, Arc::new(super::super::board::InstanceBoard::default())),
+        );
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("requirements.txt"), "a\n").expect("write");
+        // The setup fails while a stamp (of an earlier setup) is present,
+        // and while `ok` is missing.
+        let script = "test ! -e .modelfleet-setup && test -e ok";
+        let local = LocalSpec {
+            command: vec!["true".to_owned()],
+            workdir: dir.path().to_owned(),
+            env: std::collections::BTreeMap::new(),
+            start_timeout_secs: 5,
+            setup: Some(SetupSpec {
+                command: vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()],
+                inputs: vec!["requirements.txt".into()],
+            }),
+        };
+        let model = ModelSpec {
+            id: "m".to_owned(),
+            name: "m".to_owned(),
+            description: String::new(),
+            protocol: Protocol::Cog,
+            enabled: true,
+            min_instances: 0,
+            max_instances: 1,
+            idle_timeout_ms: 1000,
+            request_timeout_ms: 1000,
+            max_input_bytes: 100,
+            local: Some(local.clone()),
+            kubernetes: None,
+        };
+        let stamp = dir.path().join(SETUP_STAMP);
+        std::fs::write(&stamp, "an earlier setup").expect("write");
+        // Failed: the old stamp is gone and no new one is written.
+        assert!(backend.ensure_setup(&model, &local).await.is_err());
+        assert!(!stamp.exists());
+        std::fs::write(dir.path().join("ok"), "").expect("write");
+        backend.ensure_setup(&model, &local).await.expect("set up");
+        let digest = std::fs::read_to_string(&stamp).expect("stamped");
+        assert_eq!(
+            digest,
+            setup_digest(dir.path(), local.setup.as_ref().expect("setup")).expect("digest")
+        );
+        // Done: not run again (it would fail now, with the stamp present).
+        backend.ensure_setup(&model, &local).await.expect("skipped");
+    }
+
     #[test]
     fn setup_runs_again_only_when_its_inputs_change() {
         let dir = tempfile::tempdir().expect("dir");
