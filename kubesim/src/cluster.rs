@@ -1,17 +1,21 @@
 //! The parts of a cluster behind the API server: a scheduler that binds
-//! pending pods to nodes with room, and a kubelet that runs each bound pod
-//! as a small Cog model server on the pod's own loopback address
-//! (127.x.y.z), so jobs sent to a pod travel over real HTTP.
+//! pending pods to nodes with room, a kubelet that runs each bound pod as a
+//! small Cog model server on the pod's own loopback address (127.x.y.z), so
+//! jobs sent to a pod travel over real HTTP, and a simulated Cluster API
+//! that turns MachineDeployments into Machines and Nodes (see
+//! [`crate::capi`]).
 //!
-//! Both run as one loop every 20 ms over the store, writing status as the
+//! All run as one loop every 20 ms over the store, writing status as the
 //! real components do (phase, conditions, container states, events). Knobs
 //! inject what goes wrong in real clusters: images that cannot be pulled,
-//! containers that crash at start, evictions and lost nodes.
+//! containers that crash at start, evictions and lost nodes; and set how
+//! long machines take to come and go.
 //!
 //! The model server every pod runs behaves like the `sleepy` example:
 //! `seconds` waits, `fail` fails with `message`, anything else succeeds
 //! with `message`; like Cog, it runs one prediction at a time and cancels
-//! one by id.
+//! one by id. For a cluster of tens of thousands of pods, the servers can
+//! be turned off ([`Cluster::set_pod_servers`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -22,7 +26,10 @@ use axum::Json;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use crate::{Resource, Server, Store};
+use crate::capi::{Delays, MachineController, NodeShape, PAUSED_ANNOTATION, PoolSpec, Shapes};
+use crate::resources::DEFAULT_MAX_PODS;
+use crate::scheduler::Scheduler;
+use crate::{ApiError, Resource, Server, Store};
 
 /// What one node offers.
 #[derive(Debug, Clone)]
@@ -30,6 +37,7 @@ pub struct NodeSpec {
     pub name: String,
     pub cpu_millis: u64,
     pub memory_bytes: u64,
+    /// `nvidia.com/gpu`s.
     pub gpus: u64,
     pub labels: BTreeMap<String, String>,
     /// `(key, value, effect)`.
@@ -48,12 +56,42 @@ impl NodeSpec {
             taints: Vec::new(),
         }
     }
+
+    fn shape(&self) -> NodeShape {
+        NodeShape {
+            cpu_millis: self.cpu_millis,
+            memory_bytes: self.memory_bytes,
+            gpus: self.gpus,
+            gpu_resource: "nvidia.com/gpu".to_owned(),
+            labels: self.labels.clone(),
+            taints: self.taints.clone(),
+            max_pods: DEFAULT_MAX_PODS,
+        }
+    }
 }
 
-#[derive(Default)]
+/// What the control loop reads at the start of each pass.
+#[derive(Clone)]
 struct Knobs {
     failing_images: BTreeSet<String>,
     crashing_images: BTreeSet<String>,
+    /// Whether the kubelet runs a model server per pod.
+    pod_servers: bool,
+    delays: Delays,
+    /// The node shapes of the deployments added through the cluster.
+    shapes: Shapes,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            failing_images: BTreeSet::new(),
+            crashing_images: BTreeSet::new(),
+            pod_servers: true,
+            delays: Delays::default(),
+            shapes: Shapes::new(),
+        }
+    }
 }
 
 /// A running pod's model server.
@@ -61,12 +99,42 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// How long the control loop's passes take (scheduler, kubelet and machine
+/// controller together), since the start or the last
+/// [`Cluster::reset_tick_times`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TickTimes {
+    pub ticks: u64,
+    pub last: Duration,
+    pub max: Duration,
+    pub total: Duration,
+}
+
+impl TickTimes {
+    fn add(&mut self, took: Duration) {
+        self.ticks += 1;
+        self.last = took;
+        self.max = self.max.max(took);
+        self.total += took;
+    }
+
+    /// The mean pass, or zero before the first.
+    pub fn mean(&self) -> Duration {
+        match u32::try_from(self.ticks) {
+            Ok(n) if n > 0 => self.total / n,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
 /// A simulated cluster: the API server, its store, and the loop that
-/// schedules and runs pods. Everything stops when it is dropped.
+/// schedules and runs pods and provisions machines. Everything stops when
+/// it is dropped.
 pub struct Cluster {
     pub store: Store,
     server: Server,
     knobs: Arc<Mutex<Knobs>>,
+    times: Arc<Mutex<TickTimes>>,
     control: tokio::task::JoinHandle<()>,
 }
 
@@ -75,11 +143,13 @@ impl Cluster {
         let store = Store::new();
         let server = store.serve().await;
         let knobs = Arc::new(Mutex::new(Knobs::default()));
-        let control = tokio::spawn(control_loop(store.clone(), knobs.clone()));
+        let times = Arc::new(Mutex::new(TickTimes::default()));
+        let control = tokio::spawn(control_loop(store.clone(), knobs.clone(), times.clone()));
         Cluster {
             store,
             server,
             knobs,
+            times,
             control,
         }
     }
@@ -91,32 +161,76 @@ impl Cluster {
 
     /// Adds a ready node.
     pub fn add_node(&self, spec: &NodeSpec) {
-        let mut capacity = json!({
-            "cpu": format!("{}m", spec.cpu_millis),
-            "memory": spec.memory_bytes.to_string(),
-            "pods": "110",
-        });
-        if spec.gpus > 0 {
-            capacity["nvidia.com/gpu"] = json!(spec.gpus.to_string());
-        }
-        let taints: Vec<Value> = spec
-            .taints
-            .iter()
-            .map(|(key, value, effect)| json!({ "key": key, "value": value, "effect": effect }))
-            .collect();
-        let mut labels = spec.labels.clone();
-        labels.insert("kubernetes.io/hostname".to_owned(), spec.name.clone());
-        let node = json!({
-            "metadata": { "name": spec.name, "labels": labels },
-            "spec": { "taints": taints },
-            "status": {
-                "capacity": capacity, "allocatable": capacity,
-                "conditions": [{ "type": "Ready", "status": "True" }],
-            },
-        });
         self.store
-            .create(Resource::NODE, "", node)
+            .create(Resource::NODE, "", spec.shape().node(&spec.name))
             .expect("a node with a new name");
+    }
+
+    /// Adds a Cluster API MachineDeployment whose nodes have `pool.shape`,
+    /// and returns it as stored. Its Machines and Nodes come through the
+    /// machine controller, after the provisioning delay, unless
+    /// `pool.ready_at_once`: then the first `pool.replicas` are made here,
+    /// Running and Ready.
+    pub fn add_machine_deployment(&self, pool: &PoolSpec) -> Result<Value, ApiError> {
+        let key = (pool.namespace.clone(), pool.name.clone());
+        self.knobs().shapes.insert(key, pool.shape.clone());
+        let deployment = self.store.create(
+            Resource::MACHINE_DEPLOYMENT,
+            &pool.namespace,
+            pool.deployment(),
+        )?;
+        if !pool.ready_at_once {
+            return Ok(deployment);
+        }
+        for _ in 0..pool.replicas {
+            let machine = crate::capi::make_machine(&self.store, &deployment, "Provisioning")
+                .ok_or_else(|| ApiError::invalid("a machine name was taken; try again"))?;
+            crate::capi::make_node(&self.store, &machine, &deployment, &pool.shape, true);
+            crate::capi::mark_running(&self.store, &pool.namespace, &machine);
+        }
+        // Unpaused, the controller takes over.
+        let unpause = json!({ "metadata": { "annotations": { PAUSED_ANNOTATION: null } } });
+        self.store.merge_patch(
+            Resource::MACHINE_DEPLOYMENT,
+            &pool.namespace,
+            &pool.name,
+            &unpause,
+        )
+    }
+
+    /// How long a new Machine takes to get its Node (1 s by default).
+    pub fn set_provisioning_delay(&self, delay: Duration) {
+        self.knobs().delays.provisioning = delay;
+    }
+
+    /// How long a new GPU node shows 0 allocatable GPUs, as while its
+    /// device plugin starts (0 by default: at once).
+    pub fn set_gpu_delay(&self, delay: Duration) {
+        self.knobs().delays.gpu = delay;
+    }
+
+    /// How long a Machine stays `Deleting` before its Node (with the pods
+    /// on it) and then the Machine go (200 ms by default).
+    pub fn set_deletion_delay(&self, delay: Duration) {
+        self.knobs().delays.deletion = delay;
+    }
+
+    /// Whether the kubelet runs a model server for each pod it starts (on
+    /// by default). Off, a started pod still goes Running and Ready with a
+    /// loopback address, but nothing listens there: for clusters of tens of
+    /// thousands of pods.
+    pub fn set_pod_servers(&self, on: bool) {
+        self.knobs().pod_servers = on;
+    }
+
+    /// How long the control loop's passes have taken.
+    pub fn tick_times(&self) -> TickTimes {
+        *lock(&self.times)
+    }
+
+    /// Starts counting [`Cluster::tick_times`] afresh.
+    pub fn reset_tick_times(&self) {
+        *lock(&self.times) = TickTimes::default();
     }
 
     /// Pulls of `image` fail from now on (`ErrImagePull`, then
@@ -160,7 +274,7 @@ impl Cluster {
     }
 
     fn knobs(&self) -> std::sync::MutexGuard<'_, Knobs> {
-        self.knobs.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.knobs)
     }
 }
 
@@ -170,7 +284,7 @@ impl Drop for Cluster {
     }
 }
 
-fn names(object: &Value) -> (String, String) {
+pub(crate) fn names(object: &Value) -> (String, String) {
     let meta = &object["metadata"];
     (
         meta["namespace"].as_str().unwrap_or_default().to_owned(),
@@ -178,7 +292,7 @@ fn names(object: &Value) -> (String, String) {
     )
 }
 
-fn set_condition(pod: &mut Value, kind: &str, status: &str, reason: &str) {
+pub(crate) fn set_condition(pod: &mut Value, kind: &str, status: &str, reason: &str) {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let condition =
         json!({ "type": kind, "status": status, "reason": reason, "lastTransitionTime": now });
@@ -194,368 +308,196 @@ fn set_condition(pod: &mut Value, kind: &str, status: &str, reason: &str) {
     pod["status"]["conditions"] = Value::Array(kept);
 }
 
-/// CPU in millicores from a quantity (`500m`, `2`, `0.5`).
-fn cpu_millis(q: &str) -> u64 {
-    match q.strip_suffix('m') {
-        Some(m) => m.parse().unwrap_or(0),
-        None => q.parse::<f64>().map(|c| (c * 1000.0) as u64).unwrap_or(0),
-    }
-}
-
-/// Bytes from a quantity (`512Mi`, `2Gi`, `1G`, `1000`).
-fn bytes(q: &str) -> u64 {
-    const UNITS: [(&str, u64); 8] = [
-        ("Ki", 1 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("k", 1_000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-        ("T", 1_000_000_000_000),
-    ];
-    for (unit, factor) in UNITS {
-        if let Some(n) = q.strip_suffix(unit) {
-            return n
-                .parse::<f64>()
-                .map(|n| (n * factor as f64) as u64)
-                .unwrap_or(0);
-        }
-    }
-    q.parse().unwrap_or(0)
-}
-
-/// What a pod asks for: cpu millicores, memory bytes, GPUs (summed over
-/// its containers' requests; a limit stands in for a missing request, as
-/// Kubernetes defaults it).
-fn requests(pod: &Value) -> (u64, u64, u64) {
-    let mut total = (0, 0, 0);
-    for container in pod["spec"]["containers"].as_array().into_iter().flatten() {
-        let resources = &container["resources"];
-        let get = |name: &str| {
-            resources["requests"][name]
-                .as_str()
-                .or_else(|| resources["limits"][name].as_str())
-                .map(str::to_owned)
-        };
-        total.0 += get("cpu").map(|q| cpu_millis(&q)).unwrap_or(0);
-        total.1 += get("memory").map(|q| bytes(&q)).unwrap_or(0);
-        total.2 += get("nvidia.com/gpu")
-            .and_then(|q| q.parse().ok())
-            .unwrap_or(0);
-    }
-    total
-}
-
-fn allocatable(node: &Value) -> (u64, u64, u64) {
-    let a = &node["status"]["allocatable"];
-    (
-        a["cpu"].as_str().map(cpu_millis).unwrap_or(0),
-        a["memory"].as_str().map(bytes).unwrap_or(0),
-        a["nvidia.com/gpu"]
-            .as_str()
-            .and_then(|q| q.parse().ok())
-            .unwrap_or(0),
-    )
-}
-
-/// Why `pod` cannot go on `node`, or `None` when it fits in `free`.
-fn misfit(pod: &Value, node: &Value, free: (u64, u64, u64)) -> Option<&'static str> {
-    if node["status"]["conditions"][0]["status"] != "True" || node["spec"]["unschedulable"] == true
-    {
-        return Some("node(s) were not ready or were unschedulable");
-    }
-    let labels = &node["metadata"]["labels"];
-    if let Some(selector) = pod["spec"]["nodeSelector"].as_object()
-        && selector.iter().any(|(k, v)| labels.get(k) != Some(v))
-    {
-        return Some("node(s) didn't match Pod's node affinity/selector");
-    }
-    let tolerations = pod["spec"]["tolerations"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    for taint in node["spec"]["taints"].as_array().into_iter().flatten() {
-        if taint["effect"] == "PreferNoSchedule" {
-            continue;
-        }
-        let tolerated = tolerations.iter().any(|t| {
-            let key_ok =
-                t["key"].is_null() && t["operator"] == "Exists" || t["key"] == taint["key"];
-            let value_ok = t["operator"] == "Exists" || t["value"] == taint["value"];
-            let effect_ok = t["effect"].is_null() || t["effect"] == taint["effect"];
-            key_ok && value_ok && effect_ok
-        });
-        if !tolerated {
-            return Some("node(s) had untolerated taint");
-        }
-    }
-    let (cpu, memory, gpus) = requests(pod);
-    if cpu > free.0 {
-        return Some("Insufficient cpu");
-    }
-    if memory > free.1 {
-        return Some("Insufficient memory");
-    }
-    if gpus > free.2 {
-        return Some("Insufficient nvidia.com/gpu");
-    }
-    None
-}
-
-fn is_done(pod: &Value) -> bool {
+pub(crate) fn is_done(pod: &Value) -> bool {
     matches!(
         pod["status"]["phase"].as_str(),
         Some("Succeeded" | "Failed")
     )
 }
 
-async fn control_loop(store: Store, knobs: Arc<Mutex<Knobs>>) {
-    let mut running: HashMap<(String, String), Running> = HashMap::new();
-    let mut next_ip: u32 = 2;
+/// The loop behind the API server: every 20 ms, the scheduler, the kubelet
+/// and the machine controller each make one pass.
+async fn control_loop(store: Store, knobs: Arc<Mutex<Knobs>>, times: Arc<Mutex<TickTimes>>) {
+    let mut scheduler = Scheduler::new(&store);
+    let mut machines = MachineController::default();
+    let mut kubelet = Kubelet::default();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     loop {
         tick.tick().await;
-        schedule(&store);
-        let knobs = {
-            let k = knobs.lock().unwrap_or_else(|e| e.into_inner());
-            (k.failing_images.clone(), k.crashing_images.clone())
-        };
-        run_kubelet(&store, &knobs, &mut running, &mut next_ip).await;
+        let started = std::time::Instant::now();
+        let knobs = lock(&knobs).clone();
+        scheduler.tick(&store);
+        kubelet.tick(&store, &knobs).await;
+        machines.tick(&store, &knobs.delays, &knobs.shapes);
+        lock(&times).add(started.elapsed());
     }
 }
 
-/// Binds every unbound pod to the first node (by name) with room for it;
-/// marks the others Unschedulable, once, with a `FailedScheduling` event
-/// that counts the reasons per node as the real scheduler's does. (Pod
-/// affinity preferences are not weighed.)
-fn schedule(store: &Store) {
-    // What bound pods use, and copies of the unbound ones only.
-    let mut used: HashMap<String, (u64, u64, u64)> = HashMap::new();
-    let mut unbound = Vec::new();
-    store.each(Resource::POD, |pod| {
-        if is_done(pod) {
-            return;
-        }
-        match pod["spec"]["nodeName"].as_str() {
-            Some(node) => {
-                let r = requests(pod);
-                let u = used.entry(node.to_owned()).or_default();
-                *u = (u.0 + r.0, u.1 + r.1, u.2 + r.2);
-            }
-            None => unbound.push(pod.clone()),
-        }
-    });
-    if unbound.is_empty() {
-        return;
-    }
-    let nodes = store.list(Resource::NODE, None);
-    for pod in &unbound {
-        let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
-        let mut chosen = None;
-        for node in &nodes {
-            let name = node["metadata"]["name"].as_str().unwrap_or_default();
-            let a = allocatable(node);
-            let u = used.get(name).copied().unwrap_or_default();
-            let free = (
-                a.0.saturating_sub(u.0),
-                a.1.saturating_sub(u.1),
-                a.2.saturating_sub(u.2),
-            );
-            match misfit(pod, node, free) {
-                None => {
-                    chosen = Some(name.to_owned());
-                    break;
-                }
-                Some(reason) => *reasons.entry(reason).or_default() += 1,
-            }
-        }
-        let (ns, name) = names(pod);
-        match chosen {
-            Some(node) => {
-                let r = requests(pod);
-                let u = used.entry(node.clone()).or_default();
-                *u = (u.0 + r.0, u.1 + r.1, u.2 + r.2);
-                let _ = store.update(Resource::POD, &ns, &name, |p| {
-                    p["spec"]["nodeName"] = json!(node);
-                    set_condition(p, "PodScheduled", "True", "");
-                    p["status"]["phase"] = json!("Pending");
-                });
-                event(
-                    store,
-                    pod,
-                    "Normal",
-                    "Scheduled",
-                    &format!("Successfully assigned {ns}/{name} to {node}"),
-                );
-            }
-            None => {
-                let already = pod["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable");
-                if already {
-                    continue;
-                }
-                let detail: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-                let message = format!(
-                    "0/{} nodes are available: {}.",
-                    nodes.len(),
-                    if detail.is_empty() {
-                        "no nodes".to_owned()
-                    } else {
-                        detail.join(", ")
-                    }
-                );
-                let _ = store.update(Resource::POD, &ns, &name, |p| {
-                    p["status"]["phase"] = json!("Pending");
-                    set_condition(p, "PodScheduled", "False", "Unschedulable");
-                    if let Some(c) = p["status"]["conditions"]
-                        .as_array_mut()
-                        .and_then(|cs| cs.iter_mut().find(|c| c["type"] == "PodScheduled"))
-                    {
-                        c["message"] = json!(message);
-                    }
-                });
-                event(store, pod, "Warning", "FailedScheduling", &message);
-            }
-        }
-    }
+/// The kubelet's memory between passes.
+#[derive(Default)]
+struct Kubelet {
+    /// The model servers of running pods, by `(namespace, name)`.
+    running: HashMap<(String, String), Running>,
+    /// How many pod addresses were handed out: the next is that many past
+    /// 127.0.0.2.
+    addresses_given: u32,
 }
 
-/// Starts bound pods, reports image and crash failures, and stops the
-/// servers of pods that are gone or done.
-async fn run_kubelet(
-    store: &Store,
-    (failing, crashing): &(BTreeSet<String>, BTreeSet<String>),
-    running: &mut HashMap<(String, String), Running>,
-    next_ip: &mut u32,
-) {
-    // Terminating pods: their containers exit at once on SIGTERM, and the
-    // object goes.
-    let mut terminating = Vec::new();
-    store.each(Resource::POD, |pod| {
-        if pod["metadata"]["deletionTimestamp"].is_string() {
-            terminating.push(names(pod));
-        }
-    });
-    for (ns, name) in terminating {
-        if let Some(server) = running.remove(&(ns.clone(), name.clone())) {
-            server.task.abort();
-        }
-        let _ = store.delete(Resource::POD, &ns, &name);
-    }
-    // The pods still live, and copies of the bound ones not started yet.
-    let mut live: BTreeSet<(String, String)> = BTreeSet::new();
-    let mut to_start = Vec::new();
-    store.each(Resource::POD, |pod| {
-        if is_done(pod) {
-            return;
-        }
-        let key = names(pod);
-        if pod["spec"]["nodeName"].is_string() && !running.contains_key(&key) {
-            to_start.push(pod.clone());
-        }
-        live.insert(key);
-    });
-    running.retain(|key, server| {
-        let keep = live.contains(key);
-        if !keep {
-            server.task.abort();
-        }
-        keep
-    });
-    for pod in &to_start {
-        let key = names(pod);
-        let container = &pod["spec"]["containers"][0];
-        let image = container["image"].as_str().unwrap_or_default();
-        let (ns, name) = key.clone();
-        if failing.contains(image) {
-            let waiting =
-                pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].as_str();
-            let (reason, message) = match waiting {
-                None => (
-                    "ErrImagePull",
-                    format!("Failed to pull image \"{image}\": not found"),
-                ),
-                Some("ErrImagePull") => (
-                    "ImagePullBackOff",
-                    format!("Back-off pulling image \"{image}\""),
-                ),
-                Some(_) => continue,
-            };
-            let _ = store.update(Resource::POD, &ns, &name, |p| {
-                p["status"]["containerStatuses"] = json!([{
-                    "name": container["name"], "image": image, "ready": false, "restartCount": 0,
-                    "state": { "waiting": { "reason": reason, "message": message } },
-                }]);
-            });
-            event(
-                store,
-                pod,
-                "Warning",
-                if reason == "ErrImagePull" {
-                    "Failed"
-                } else {
-                    "BackOff"
-                },
-                &message,
-            );
-            continue;
-        }
-        if crashing.contains(image) {
-            let restarts = pod["status"]["containerStatuses"][0]["restartCount"]
-                .as_u64()
-                .unwrap_or(0);
-            if restarts >= 5 {
-                continue;
+impl Kubelet {
+    /// Removes terminating pods, stops the servers of pods gone or done,
+    /// and starts bound pods (or reports why they cannot start).
+    async fn tick(&mut self, store: &Store, knobs: &Knobs) {
+        let (terminating, to_start) = self.pods_to_act_on(store);
+        for key in terminating {
+            // Their containers exit at once on SIGTERM, and the object goes.
+            if let Some(server) = self.running.remove(&key) {
+                server.task.abort();
             }
-            let _ = store.update(Resource::POD, &ns, &name, |p| {
-                p["status"]["containerStatuses"] = json!([{
-                    "name": container["name"], "image": image, "ready": false, "restartCount": restarts + 1,
-                    "state": { "waiting": { "reason": "CrashLoopBackOff",
-                        "message": format!("back-off restarting failed container {}", container["name"].as_str().unwrap_or_default()) } },
-                    "lastState": { "terminated": { "exitCode": 1, "reason": "Error" } },
-                }]);
-                // A container that started at least once makes the pod
-                // Running, ready or not.
-                p["status"]["phase"] = json!("Running");
-                set_condition(p, "Ready", "False", "ContainersNotReady");
-            });
-            event(
-                store,
-                pod,
-                "Warning",
-                "BackOff",
-                "Back-off restarting failed container",
-            );
-            continue;
+            let _ = store.delete(Resource::POD, &key.0, &key.1);
         }
-        let port = container["ports"][0]["containerPort"]
-            .as_u64()
-            .unwrap_or(5000) as u16;
-        let ip = loopback(*next_ip);
-        *next_ip += 1;
-        let Ok(listener) = tokio::net::TcpListener::bind(SocketAddr::from((ip, port))).await else {
-            continue;
-        };
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, model_server()).await;
+        self.stop_servers_of_gone_pods(store);
+        for pod in &to_start {
+            let image = pod["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap_or_default();
+            if knobs.failing_images.contains(image) {
+                fail_pull(store, pod);
+            } else if knobs.crashing_images.contains(image) {
+                crash(store, pod);
+            } else {
+                self.start(store, pod, knobs.pod_servers).await;
+            }
+        }
+    }
+
+    /// The terminating pods, and copies of the bound ones not started yet.
+    /// A pod whose container is ready is left alone, so a pass over a
+    /// settled cluster copies nothing.
+    fn pods_to_act_on(&self, store: &Store) -> (Vec<(String, String)>, Vec<Value>) {
+        let mut terminating = Vec::new();
+        let mut to_start = Vec::new();
+        store.each(Resource::POD, |pod| {
+            if pod["metadata"]["deletionTimestamp"].is_string() {
+                terminating.push(names(pod));
+            } else if pod["spec"]["nodeName"].is_string()
+                && !is_done(pod)
+                && pod["status"]["containerStatuses"][0]["ready"] != true
+                && !self.running.contains_key(&names(pod))
+            {
+                to_start.push(pod.clone());
+            }
         });
-        running.insert(key, Running { task });
-        let _ = store.update(Resource::POD, &ns, &name, |p| {
+        (terminating, to_start)
+    }
+
+    fn stop_servers_of_gone_pods(&mut self, store: &Store) {
+        self.running.retain(|(ns, name), server| {
+            let live = store.peek(Resource::POD, ns, name, |pod| {
+                pod.is_some_and(|p| !is_done(p))
+            });
+            if !live {
+                server.task.abort();
+            }
+            live
+        });
+    }
+
+    /// Starts a pod: its model server on its own loopback address when
+    /// `serve`, else only an address that nothing listens on. Either way
+    /// the pod goes Running and Ready.
+    async fn start(&mut self, store: &Store, pod: &Value, serve: bool) {
+        let container = &pod["spec"]["containers"][0];
+        let ip = loopback(2 + self.addresses_given);
+        self.addresses_given += 1;
+        let key = names(pod);
+        if serve {
+            let port = container["ports"][0]["containerPort"]
+                .as_u64()
+                .unwrap_or(5000) as u16;
+            let Ok(listener) = tokio::net::TcpListener::bind(SocketAddr::from((ip, port))).await
+            else {
+                return;
+            };
+            let task = tokio::spawn(async move {
+                let _ = axum::serve(listener, model_server()).await;
+            });
+            self.running.insert(key.clone(), Running { task });
+        }
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let _ = store.update(Resource::POD, &key.0, &key.1, |p| {
             p["status"]["phase"] = json!("Running");
             p["status"]["podIP"] = json!(ip.to_string());
-            p["status"]["startTime"] = json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            p["status"]["startTime"] = json!(now);
             p["status"]["containerStatuses"] = json!([{
-                "name": container["name"], "image": image, "ready": true, "restartCount": 0,
-                "state": { "running": { "startedAt": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true) } },
+                "name": container["name"], "image": container["image"], "ready": true, "restartCount": 0,
+                "state": { "running": { "startedAt": now } },
             }]);
             set_condition(p, "Ready", "True", "");
         });
         event(store, pod, "Normal", "Started", "Started container");
     }
+}
+
+/// A pull of the pod's image fails: `ErrImagePull`, then `ImagePullBackOff`.
+fn fail_pull(store: &Store, pod: &Value) {
+    let (ns, name) = names(pod);
+    let container = &pod["spec"]["containers"][0];
+    let image = container["image"].as_str().unwrap_or_default();
+    let waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].as_str();
+    let (reason, message) = match waiting {
+        None => (
+            "ErrImagePull",
+            format!("Failed to pull image \"{image}\": not found"),
+        ),
+        Some("ErrImagePull") => (
+            "ImagePullBackOff",
+            format!("Back-off pulling image \"{image}\""),
+        ),
+        Some(_) => return,
+    };
+    let _ = store.update(Resource::POD, &ns, &name, |p| {
+        p["status"]["containerStatuses"] = json!([{
+            "name": container["name"], "image": image, "ready": false, "restartCount": 0,
+            "state": { "waiting": { "reason": reason, "message": message } },
+        }]);
+    });
+    let kind = if reason == "ErrImagePull" {
+        "Failed"
+    } else {
+        "BackOff"
+    };
+    event(store, pod, "Warning", kind, &message);
+}
+
+/// The pod's container exits at once: `CrashLoopBackOff`, five restarts.
+fn crash(store: &Store, pod: &Value) {
+    let (ns, name) = names(pod);
+    let container = &pod["spec"]["containers"][0];
+    let restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+        .as_u64()
+        .unwrap_or(0);
+    if restarts >= 5 {
+        return;
+    }
+    let _ = store.update(Resource::POD, &ns, &name, |p| {
+        p["status"]["containerStatuses"] = json!([{
+            "name": container["name"], "image": container["image"], "ready": false, "restartCount": restarts + 1,
+            "state": { "waiting": { "reason": "CrashLoopBackOff",
+                "message": format!("back-off restarting failed container {}", container["name"].as_str().unwrap_or_default()) } },
+            "lastState": { "terminated": { "exitCode": 1, "reason": "Error" } },
+        }]);
+        // A container that started at least once makes the pod
+        // Running, ready or not.
+        p["status"]["phase"] = json!("Running");
+        set_condition(p, "Ready", "False", "ContainersNotReady");
+    });
+    event(
+        store,
+        pod,
+        "Warning",
+        "BackOff",
+        "Back-off restarting failed container",
+    );
 }
 
 /// The `n`th address of 127.0.0.0/8 past 127.0.0.1.
@@ -565,7 +507,7 @@ fn loopback(n: u32) -> Ipv4Addr {
 }
 
 /// Records a Kubernetes event about `pod`.
-fn event(store: &Store, pod: &Value, kind: &str, reason: &str, message: &str) {
+pub(crate) fn event(store: &Store, pod: &Value, kind: &str, reason: &str, message: &str) {
     let (ns, name) = names(pod);
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let _ = store.create(
@@ -676,13 +618,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantities_parse() {
-        assert_eq!(cpu_millis("500m"), 500);
-        assert_eq!(cpu_millis("2"), 2000);
-        assert_eq!(cpu_millis("0.25"), 250);
-        assert_eq!(bytes("512Mi"), 512 << 20);
-        assert_eq!(bytes("1G"), 1_000_000_000);
-        assert_eq!(bytes("1000"), 1000);
+    fn pod_addresses_count_up_from_127_0_0_2() {
         assert_eq!(loopback(2), Ipv4Addr::new(127, 0, 0, 2));
         assert_eq!(loopback(300), Ipv4Addr::new(127, 0, 1, 44));
     }

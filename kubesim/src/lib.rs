@@ -37,9 +37,14 @@
 //! strategic merge patches, finalizers, or admission of any kind. The resources it serves are listed in
 //! [`Resource::ALL`].
 
+pub mod capi;
 pub mod cluster;
+mod resources;
+mod scale;
+mod scheduler;
 
-pub use cluster::{Cluster, NodeSpec};
+pub use capi::{NodeShape, PoolSpec};
+pub use cluster::{Cluster, NodeSpec, TickTimes};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -78,7 +83,29 @@ impl Resource {
         kind: "Lease",
         namespaced: true,
     };
-    pub const ALL: [Resource; 4] = [Self::POD, Self::EVENT, Self::NODE, Self::LEASE];
+    /// `events.k8s.io/v1` events, which kube-rs's event recorder writes.
+    pub const EVENT_V1: Resource = Resource {
+        group: "events.k8s.io",
+        version: "v1",
+        plural: "events",
+        kind: "Event",
+        namespaced: true,
+    };
+    /// Cluster API's MachineDeployment: a pool of alike machines, scaled
+    /// through its `scale` subresource.
+    pub const MACHINE_DEPLOYMENT: Resource =
+        Resource::cluster_api("machinedeployments", "MachineDeployment");
+    /// Cluster API's Machine: one node's worth of infrastructure.
+    pub const MACHINE: Resource = Resource::cluster_api("machines", "Machine");
+    pub const ALL: [Resource; 7] = [
+        Self::POD,
+        Self::EVENT,
+        Self::NODE,
+        Self::LEASE,
+        Self::EVENT_V1,
+        Self::MACHINE_DEPLOYMENT,
+        Self::MACHINE,
+    ];
 
     const fn core(plural: &'static str, kind: &'static str, namespaced: bool) -> Resource {
         Resource {
@@ -87,6 +114,16 @@ impl Resource {
             plural,
             kind,
             namespaced,
+        }
+    }
+
+    const fn cluster_api(plural: &'static str, kind: &'static str) -> Resource {
+        Resource {
+            group: "cluster.x-k8s.io",
+            version: "v1beta1",
+            plural,
+            kind,
+            namespaced: true,
         }
     }
 
@@ -283,9 +320,8 @@ impl Store {
     /// Every object of a kind (in `namespace`, or all with `None`).
     pub fn list(&self, resource: Resource, namespace: Option<&str>) -> Vec<Value> {
         self.lock()
-            .objects
-            .iter()
-            .filter(|((r, ns, _), _)| *r == resource && namespace.is_none_or(|n| n == ns))
+            .of_kind(resource)
+            .filter(|((_, ns, _), _)| namespace.is_none_or(|n| n == ns))
             .map(|(_, v)| v.clone())
             .collect()
     }
@@ -293,13 +329,24 @@ impl Store {
     /// Shows `visit` every object of a kind, in place, under the store's
     /// lock: for the control loop, which looks at every pod each tick but
     /// copies only the few it acts on. `visit` must not call the store.
-    pub(crate) fn each(&self, resource: Resource, mut visit: impl FnMut(&Value)) {
+    pub fn each(&self, resource: Resource, mut visit: impl FnMut(&Value)) {
         let inner = self.lock();
-        for ((r, _, _), object) in &inner.objects {
-            if *r == resource {
-                visit(object);
-            }
+        for (_, object) in inner.of_kind(resource) {
+            visit(object);
         }
+    }
+
+    /// Shows `look` the object (or `None`) in place, under the store's lock,
+    /// without copying it. `look` must not call the store.
+    pub fn peek<T>(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        name: &str,
+        look: impl FnOnce(Option<&Value>) -> T,
+    ) -> T {
+        let key = (resource, scope(resource, namespace), name.to_owned());
+        look(self.lock().objects.get(&key))
     }
 
     /// Stores a new object, as `POST` does. `generateName` is honoured.
@@ -390,14 +437,7 @@ impl Store {
         if let Some(asked) = meta.get("resourceVersion").and_then(Value::as_str)
             && Some(asked) != stored_meta["resourceVersion"].as_str()
         {
-            return Err(ApiError {
-                code: 409,
-                reason: "Conflict",
-                message: format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified",
-                    resource.plural
-                ),
-            });
+            return Err(ApiError::conflict(resource, name));
         }
         if meta.get("name").and_then(Value::as_str) != Some(name) {
             return Err(ApiError::invalid("metadata.name: does not match the path"));
@@ -414,8 +454,10 @@ impl Store {
     /// is only marked (`deletionTimestamp`, `deletionGracePeriodSeconds`,
     /// 30 s unless `grace` says otherwise; watchers get `MODIFIED`) and
     /// stays, holding its node's room, until the kubelet has stopped its
-    /// containers and removes it. Anything else, or a grace of 0, goes at
-    /// once.
+    /// containers and removes it. A Machine is only marked too, whatever
+    /// the grace (Cluster API's finalizer holds it): the machine controller
+    /// in [`Cluster`] removes its node, then the Machine. Anything else, or
+    /// a pod with a grace of 0, goes at once.
     pub fn delete_gracefully(
         &self,
         resource: Resource,
@@ -423,18 +465,24 @@ impl Store {
         name: &str,
         grace: Option<u64>,
     ) -> Result<Value, ApiError> {
-        let graceful = resource == Resource::POD && grace != Some(0) && {
-            let pod = self.get(resource, namespace, name);
-            pod.is_some_and(|p| p["spec"]["nodeName"].is_string())
-        };
+        let graceful = resource == Resource::MACHINE
+            || resource == Resource::POD && grace != Some(0) && {
+                let pod = self.get(resource, namespace, name);
+                pod.is_some_and(|p| p["spec"]["nodeName"].is_string())
+            };
         if !graceful {
             return self.delete(resource, namespace, name);
         }
-        self.update(resource, namespace, name, |pod| {
-            let meta = metadata(pod);
+        self.update(resource, namespace, name, |object| {
+            let meta = metadata(object);
             if !meta.contains_key("deletionTimestamp") {
                 // When the kubelet may kill it: now plus the grace period.
-                let grace = grace.unwrap_or(30);
+                // A finalizer's holder does not wait.
+                let grace = if resource == Resource::MACHINE {
+                    0
+                } else {
+                    grace.unwrap_or(30)
+                };
                 let at = chrono::Utc::now() + chrono::Duration::seconds(grace as i64);
                 let at = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                 meta.insert("deletionTimestamp".into(), json!(at));
@@ -498,6 +546,10 @@ impl Store {
                     .patch(group_item_ns)
                     .put(group_item_ns),
             )
+            .route(
+                "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}/{subresource}",
+                get(scale::handle).patch(scale::handle).put(scale::handle),
+            )
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 |State(store): State<Store>,
@@ -525,6 +577,14 @@ impl Store {
 }
 
 impl Inner {
+    /// The objects of one kind: keys sort by kind first, so this is one
+    /// range of the map, not a walk over every object.
+    fn of_kind(&self, resource: Resource) -> impl Iterator<Item = (&Key, &Value)> {
+        self.objects
+            .range((resource, String::new(), String::new())..)
+            .take_while(move |((r, _, _), _)| *r == resource)
+    }
+
     /// Stores `object` at a new version and tells watchers.
     fn commit(
         &mut self,
@@ -647,6 +707,27 @@ impl ApiError {
         }
     }
 
+    pub fn bad_request(message: &str) -> ApiError {
+        ApiError {
+            code: 400,
+            reason: "BadRequest",
+            message: message.to_owned(),
+        }
+    }
+
+    /// `409 Conflict`: the write named a `resourceVersion` that is no longer
+    /// the stored one.
+    pub fn conflict(resource: Resource, name: &str) -> ApiError {
+        ApiError {
+            code: 409,
+            reason: "Conflict",
+            message: format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                resource.plural
+            ),
+        }
+    }
+
     pub fn invalid(message: &str) -> ApiError {
         ApiError {
             code: 422,
@@ -722,6 +803,62 @@ impl Selector {
                 Term::Exists => value.is_some(),
                 Term::Absent => value.is_none(),
             }
+        })
+    }
+}
+
+/// A field selector: every term must hold. The simulator knows the fields
+/// its clients select on: `spec.nodeName` (pods only; an unbound pod's is
+/// `""`), `metadata.name` and `metadata.namespace`, with `=`, `==` and
+/// `!=`.
+#[derive(Debug, Default, Clone)]
+struct FieldSelector(Vec<FieldTerm>);
+
+#[derive(Debug, Clone)]
+struct FieldTerm {
+    /// Where the field is: `["spec", "nodeName"]`.
+    path: [&'static str; 2],
+    equals: bool,
+    value: String,
+}
+
+impl FieldSelector {
+    fn parse(resource: Resource, text: &str) -> Result<FieldSelector, ApiError> {
+        let mut terms = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (field, equals, value) = if let Some((k, v)) = part.split_once("!=") {
+                (k, false, v)
+            } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+                (k, true, v)
+            } else {
+                return Err(ApiError::bad_request(&format!(
+                    "invalid field selector term {part:?}"
+                )));
+            };
+            let path = match field.trim() {
+                "spec.nodeName" if resource == Resource::POD => ["spec", "nodeName"],
+                "metadata.name" => ["metadata", "name"],
+                "metadata.namespace" => ["metadata", "namespace"],
+                other => {
+                    return Err(ApiError::bad_request(&format!(
+                        "field label not supported: {other} (the simulator takes spec.nodeName on pods, metadata.name and metadata.namespace)"
+                    )));
+                }
+            };
+            terms.push(FieldTerm {
+                path,
+                equals,
+                value: value.trim().to_owned(),
+            });
+        }
+        Ok(FieldSelector(terms))
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        self.0.iter().all(|term| {
+            let [outer, inner] = term.path;
+            let value = object[outer][inner].as_str().unwrap_or("");
+            (value == term.value) == term.equals
         })
     }
 }
@@ -817,11 +954,7 @@ fn create_in(
 ) -> Response {
     let result = resource(group, version, plural).and_then(|r| {
         store.count(format!("POST {plural}"));
-        let object: Value = serde_json::from_slice(&body).map_err(|e| ApiError {
-            code: 400,
-            reason: "BadRequest",
-            message: e.to_string(),
-        })?;
+        let object = json_body(&body)?;
         store
             .create(r, ns, object)
             .map(|o| (StatusCode::CREATED, axum::Json(with_type(r, o))))
@@ -860,30 +993,9 @@ fn one(
                     .and_then(|o| o["gracePeriodSeconds"].as_u64());
                 store.delete_gracefully(r, ns, name, grace)
             }
-            Method::PUT => serde_json::from_slice(&body)
-                .map_err(|e| ApiError {
-                    code: 400,
-                    reason: "BadRequest",
-                    message: e.to_string(),
-                })
-                .and_then(|object| store.replace(r, ns, name, object)),
+            Method::PUT => json_body(&body).and_then(|object| store.replace(r, ns, name, object)),
             Method::PATCH => {
-                let kind = headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                if !kind.starts_with("application/merge-patch+json") {
-                    return Err(ApiError {
-                        code: 415,
-                        reason: "UnsupportedMediaType",
-                        message: format!("the simulator takes merge patches only, not {kind:?}"),
-                    });
-                }
-                let patch: Value = serde_json::from_slice(&body).map_err(|e| ApiError {
-                    code: 400,
-                    reason: "BadRequest",
-                    message: e.to_string(),
-                })?;
+                let patch = merge_patch_body(&headers, &body)?;
                 store.merge_patch(r, ns, name, &patch)
             }
             _ => Err(ApiError {
@@ -898,6 +1010,32 @@ fn one(
         Ok(object) => axum::Json(object).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// A request's body as JSON (`400 Bad Request` when it is not).
+fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError {
+        code: 400,
+        reason: "BadRequest",
+        message: e.to_string(),
+    })
+}
+
+/// A `PATCH` request's body: a JSON merge patch, the only kind taken
+/// (`415 Unsupported Media Type` for the others).
+fn merge_patch_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    let kind = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !kind.starts_with("application/merge-patch+json") {
+        return Err(ApiError {
+            code: 415,
+            reason: "UnsupportedMediaType",
+            message: format!("the simulator takes merge patches only, not {kind:?}"),
+        });
+    }
+    json_body(body)
 }
 
 /// Objects go out with their `apiVersion` and `kind`.
@@ -921,12 +1059,10 @@ async fn list_or_watch(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let selector = match Selector::parse(
-        params
-            .get("labelSelector")
-            .map(String::as_str)
-            .unwrap_or(""),
-    ) {
+    let param = |name: &str| params.get(name).map(String::as_str).unwrap_or("");
+    let selectors = Selector::parse(param("labelSelector"))
+        .and_then(|labels| Ok((labels, FieldSelector::parse(r, param("fieldSelector"))?)));
+    let (selector, fields) = match selectors {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -939,6 +1075,7 @@ async fn list_or_watch(
                     .as_deref()
                     .is_none_or(|n| object["metadata"]["namespace"].as_str() == Some(n))
                 && selector.matches(object)
+                && fields.matches(object)
         }
     };
     let watching = matches!(params.get("watch").map(String::as_str), Some("true" | "1"));
@@ -946,8 +1083,7 @@ async fn list_or_watch(
         store.count(format!("LIST {plural}"));
         let inner = store.lock();
         let items: Vec<Value> = inner
-            .objects
-            .iter()
+            .of_kind(r)
             .filter(|((res, _, _), o)| matches(*res, o))
             .map(|(_, o)| with_type(r, o.clone()))
             .collect();
@@ -989,8 +1125,7 @@ async fn list_or_watch(
             // "Any version": the current state as ADDED events.
             let now = chrono::Utc::now();
             let backlog: Vec<Change> = inner
-                .objects
-                .iter()
+                .of_kind(r)
                 .filter(|((res, _, _), o)| matches(*res, o))
                 .map(|((res, _, _), o)| Change {
                     rv: inner.rv,
