@@ -338,11 +338,19 @@ pub(crate) struct MachineController {
     deleting: HashMap<(String, String), Instant>,
     /// GPU nodes whose GPUs show in allocatable from the given moment.
     gpus_due: HashMap<String, Instant>,
+    /// The store's version when the last pass began, if that pass left
+    /// nothing waiting for time to pass: while the version stays, there is
+    /// nothing to do.
+    quiet_at: Option<u64>,
 }
 
 impl MachineController {
     /// One pass over every deployment, Machine and Node.
     pub(crate) fn tick(&mut self, store: &Store, delays: &Delays, shapes: &Shapes) {
+        let version = store.resource_version();
+        if self.quiet_at == Some(version) {
+            return;
+        }
         let now = Instant::now();
         let deployments = store.list(Resource::MACHINE_DEPLOYMENT, None);
         let machines = machine_views(store);
@@ -351,9 +359,12 @@ impl MachineController {
 
         let mut gone_nodes = Vec::new();
         let mut finished = Vec::new();
+        // Whether a Machine waits for a delay to pass.
+        let mut waiting = false;
         for machine in &machines {
             let deployment = find(&deployments, &machine.namespace, &machine.deployment);
             if machine.deleting {
+                waiting = true;
                 if self.deletion_done(store, machine, now, delays.deletion) {
                     gone_nodes.push(machine.name.clone());
                     finished.push(machine.key());
@@ -363,6 +374,7 @@ impl MachineController {
             } else if let Some(deployment) = deployment
                 && !nodes.contains_key(&machine.name)
             {
+                waiting = true;
                 let shape = shape_of(shapes, deployment);
                 self.provision(store, machine, deployment, &shape, now, delays);
             } else if machine.phase != "Running" {
@@ -381,6 +393,8 @@ impl MachineController {
             }
             self.reconcile(store, deployment, &machines, &nodes, now);
         }
+        let quiet = !waiting && self.gpus_due.is_empty();
+        self.quiet_at = quiet.then_some(version);
     }
 
     fn forget_gone(&mut self, machines: &[MachineView]) {
@@ -590,15 +604,37 @@ fn sort_for_deletion(machines: &mut [&MachineView]) {
 }
 
 /// A new Machine of `deployment` in `phase`; its name, or `None` when the
-/// store refused it (a name taken: the next pass tries again).
+/// store refused it (the next pass tries again).
 pub(crate) fn make_machine(store: &Store, deployment: &Value, phase: &str) -> Option<String> {
+    // A name already taken is drawn again, as `generateName` would be.
+    (0..10).find_map(|_| {
+        let owner = deployment["metadata"]["name"].as_str().unwrap_or_default();
+        let name = format!("{owner}-{}", random_suffix());
+        let machine = machine(deployment, &name, phase);
+        let namespace = deployment["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default();
+        store.create(Resource::MACHINE, namespace, machine).ok()?;
+        Some(name)
+    })
+}
+
+/// Five random lowercase letters and digits.
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let random = uuid::Uuid::new_v4().into_bytes();
+    random[..5]
+        .iter()
+        .map(|byte| char::from(ALPHABET[usize::from(*byte) % ALPHABET.len()]))
+        .collect()
+}
+
+/// The Machine `name` of `deployment`, in `phase`.
+fn machine(deployment: &Value, name: &str, phase: &str) -> Value {
     let meta = &deployment["metadata"];
-    let namespace = meta["namespace"].as_str().unwrap_or_default();
     let owner = meta["name"].as_str().unwrap_or_default();
     let cluster = cluster_name(deployment);
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let name = format!("{owner}-{}", &suffix[..5]);
-    let machine = json!({
+    json!({
         "metadata": {
             "name": name,
             "labels": { DEPLOYMENT_LABEL: owner, CLUSTER_LABEL: cluster },
@@ -611,9 +647,7 @@ pub(crate) fn make_machine(store: &Store, deployment: &Value, phase: &str) -> Op
         },
         "spec": { "clusterName": cluster },
         "status": { "phase": phase },
-    });
-    store.create(Resource::MACHINE, namespace, machine).ok()?;
-    Some(name)
+    })
 }
 
 fn cluster_name(deployment: &Value) -> &str {

@@ -341,12 +341,21 @@ struct Kubelet {
     /// How many pod addresses were handed out: the next is that many past
     /// 127.0.0.2.
     addresses_given: u32,
+    /// The store's version when the last look at the pods began: while it
+    /// stays, there is nothing new to do.
+    looked_at: u64,
 }
 
 impl Kubelet {
     /// Removes terminating pods, stops the servers of pods gone or done,
     /// and starts bound pods (or reports why they cannot start).
     async fn tick(&mut self, store: &Store, knobs: &Knobs) {
+        let version = store.resource_version();
+        if version == self.looked_at {
+            return;
+        }
+        // Read before looking: a change made meanwhile brings a new look.
+        self.looked_at = version;
         let (terminating, to_start) = self.pods_to_act_on(store);
         for key in terminating {
             // Their containers exit at once on SIGTERM, and the object goes.

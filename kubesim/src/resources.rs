@@ -148,6 +148,18 @@ impl Amounts {
         }
     }
 
+    /// Takes `other` away from these amounts (none goes below zero).
+    pub fn take(&mut self, other: &Amounts) {
+        self.cpu_millis = self.cpu_millis.saturating_sub(other.cpu_millis);
+        self.memory_bytes = self.memory_bytes.saturating_sub(other.memory_bytes);
+        self.pods = self.pods.saturating_sub(other.pods);
+        for (name, count) in &other.extended {
+            if let Some((_, have)) = self.extended.iter_mut().find(|(n, _)| n == name) {
+                *have = have.saturating_sub(*count);
+            }
+        }
+    }
+
     /// Why `wanted` does not fit in these amounts (a node's allocatable)
     /// once `used` is taken, in the scheduler's words; `None` when it fits.
     pub fn shortfall(&self, used: &Amounts, wanted: &Amounts) -> Option<String> {

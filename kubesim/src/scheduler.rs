@@ -8,6 +8,11 @@
 //! came, went or changed; a pod was deleted or finished), or a second
 //! after the last try: a cluster with hundreds of such pods and a thousand
 //! nodes is not searched through every tick.
+//!
+//! To stay cheap with tens of thousands of pods, the scheduler keeps what
+//! the bound pods use per node from the store's changes, as the real one
+//! keeps a cache fed by watches (rebuilt from the store should it fall
+//! behind), and looks for pods to place only when the store has changed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -30,6 +35,13 @@ pub(crate) struct Scheduler {
     /// of the Unschedulable pods.
     room_changed: bool,
     last_retry: Instant,
+    /// The node and requests of each bound, unfinished pod, by
+    /// `(namespace, name)`.
+    bound: HashMap<(String, String), (String, Amounts)>,
+    /// What those pods use, per node.
+    used: HashMap<String, Amounts>,
+    /// The store's version when the last look for pods to place began.
+    looked_at: u64,
 }
 
 /// A node as the scheduler weighs it.
@@ -54,17 +66,28 @@ struct Likeness {
 
 impl Scheduler {
     pub(crate) fn new(store: &Store) -> Scheduler {
-        Scheduler {
+        let mut scheduler = Scheduler {
             changes: store.subscribe(),
             room_changed: true,
             last_retry: Instant::now(),
-        }
+            bound: HashMap::new(),
+            used: HashMap::new(),
+            looked_at: 0,
+        };
+        scheduler.rebuild(store);
+        scheduler
     }
 
     /// One pass: binds what fits, marks what does not.
     pub(crate) fn tick(&mut self, store: &Store) {
-        self.notice_changes();
+        self.notice_changes(store);
         let retry = self.room_changed || self.last_retry.elapsed() >= RETRY_PERIOD;
+        let version = store.resource_version();
+        if version == self.looked_at && !retry {
+            return;
+        }
+        // Read before looking: a change made meanwhile brings a new look.
+        self.looked_at = version;
         let pending = pending_pods(store, retry);
         if retry {
             self.room_changed = false;
@@ -73,7 +96,9 @@ impl Scheduler {
         if pending.is_empty() {
             return;
         }
-        let mut used = used_per_node(store);
+        // Pods bound in this pass count at once; the cache learns of them
+        // from their changes, next pass.
+        let mut used = self.used.clone();
         let nodes = candidates(store);
         let mut no_room: HashMap<Likeness, String> = HashMap::new();
         for pod in &pending {
@@ -100,16 +125,55 @@ impl Scheduler {
         }
     }
 
-    /// Reads the changes made since the last pass, noting whether any could
-    /// have made room.
-    fn notice_changes(&mut self) {
+    /// Reads the changes made since the last pass into the cache, noting
+    /// whether any could have made room. Behind by more changes than the
+    /// channel keeps, it rebuilds the cache from the store; the changes
+    /// still queued then bring it to the same state again, as each change
+    /// replaces what the cache knew of its pod.
+    fn notice_changes(&mut self, store: &Store) {
         loop {
             match self.changes.try_recv() {
-                Ok(change) => self.room_changed |= makes_room(&change),
-                Err(broadcast::error::TryRecvError::Lagged(_)) => self.room_changed = true,
+                Ok(change) => {
+                    self.room_changed |= makes_room(&change);
+                    if change.resource == Resource::POD {
+                        let gone = change.kind == "DELETED";
+                        self.track(&change.object, gone);
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.room_changed = true;
+                    self.rebuild(store);
+                }
                 Err(_) => return,
             }
         }
+    }
+
+    /// Forgets what the cache knew of `pod`, then records it if it is bound
+    /// and not finished (and not `gone`).
+    fn track(&mut self, pod: &Value, gone: bool) {
+        let key = names(pod);
+        if let Some((node, asked)) = self.bound.remove(&key)
+            && let Some(total) = self.used.get_mut(&node)
+        {
+            total.take(&asked);
+        }
+        let Some(node) = pod["spec"]["nodeName"].as_str() else {
+            return;
+        };
+        if gone || is_done(pod) {
+            return;
+        }
+        let asked = Amounts::requested_by(pod);
+        self.used.entry(node.to_owned()).or_default().add(&asked);
+        self.bound.insert(key, (node.to_owned(), asked));
+    }
+
+    /// Fills the cache afresh from the store.
+    fn rebuild(&mut self, store: &Store) {
+        self.bound.clear();
+        self.used.clear();
+        store.each(Resource::POD, |pod| self.track(pod, false));
     }
 }
 
@@ -144,27 +208,6 @@ fn is_unschedulable(pod: &Value) -> bool {
         .into_iter()
         .flatten()
         .any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable")
-}
-
-/// What the pods bound to each node ask for (finished pods hold nothing).
-fn used_per_node(store: &Store) -> HashMap<String, Amounts> {
-    let mut used: HashMap<String, Amounts> = HashMap::new();
-    store.each(Resource::POD, |pod| {
-        let Some(node) = pod["spec"]["nodeName"].as_str() else {
-            return;
-        };
-        if is_done(pod) {
-            return;
-        }
-        let asked = Amounts::requested_by(pod);
-        match used.get_mut(node) {
-            Some(total) => total.add(&asked),
-            None => {
-                used.insert(node.to_owned(), asked);
-            }
-        }
-    });
-    used
 }
 
 /// Every node, by name.
