@@ -17,25 +17,45 @@
 //! - list (with a list `resourceVersion`), get, create (`409` when the name
 //!   is taken; `generateName`), replace (`409` when the `resourceVersion`
 //!   it names is not the stored one), delete, and JSON merge patch
-//!   (RFC 7386);
+//!   (RFC 7386; arrays are replaced whole), in one namespace or, for
+//!   lists and watches, across all (`/api/v1/pods`,
+//!   `/apis/{group}/{version}/{plural}`);
 //! - label selectors of the `k=v`, `k!=v`, `k` and `!k` forms;
+//! - field selectors on `spec.nodeName` (pods; an unbound pod's is `""`),
+//!   `metadata.name` and `metadata.namespace`, with `=`, `==` and `!=`;
+//!   any other field is refused with `400`;
 //! - watches as newline-delimited JSON events: everything after the asked
 //!   version, then live changes, bookmarks when asked for, closed after
 //!   `timeoutSeconds`; a version older than the kept history gets an
 //!   in-stream `ERROR` event with a `410 Gone` Status, so the client lists
 //!   again;
+//! - the `scale` subresource of MachineDeployments (`GET`, `PUT`, merge
+//!   `PATCH`), as an `autoscaling/v1` `Scale`;
 //! - errors as `Status` objects with the usual reasons.
 //!
-//! Behind it, [`Cluster`] adds a scheduler and a kubelet that runs each
-//! pod as a small Cog model server on its own loopback address.
+//! Behind it, [`Cluster`] adds a scheduler, a kubelet that runs each pod as
+//! a small Cog model server on its own loopback address, and a simulated
+//! Cluster API ([`capi`]) that gives MachineDeployments their Machines and
+//! Nodes.
 //!
 //! Deleting a pod that runs on a node marks it terminating; the kubelet
 //! (in [`Cluster`]) stops it and removes it, as a real one does after the
-//! containers exit (the simulated ones exit at once on SIGTERM).
+//! containers exit (the simulated ones exit at once on SIGTERM). Deleting
+//! a Machine marks it too, as Cluster API's finalizer holds it until its
+//! Node is gone.
 //!
-//! What it does not do: authentication, field selectors, server-side apply,
-//! strategic merge patches, finalizers, or admission of any kind. The resources it serves are listed in
-//! [`Resource::ALL`].
+//! What it does not do: authentication, server-side apply, strategic merge
+//! or JSON patches, other subresources (`status`, `eviction`, ...),
+//! finalizers other than the Machines', garbage collection by owner (the
+//! machine controller does remove a deleted MachineDeployment's Machines),
+//! or admission of any kind. The resources it serves are listed in
+//! [`Resource::ALL`]: pods, nodes, core and `events.k8s.io` events, leases,
+//! and Cluster API's MachineDeployments and Machines.
+//!
+//! Calls are counted in [`Store::calls`] by method and plural: `LIST pods`,
+//! `WATCH pods`, `GET nodes`, `POST events`, `PATCH nodes`, and for the
+//! scale subresource `GET machinedeployments/scale`,
+//! `PUT machinedeployments/scale` and `PATCH machinedeployments/scale`.
 
 pub mod capi;
 pub mod cluster;
@@ -297,7 +317,8 @@ impl Store {
         self.changes.subscribe()
     }
 
-    /// API calls made so far, by `METHOD plural` (`GET pods`, `WATCH pods`).
+    /// API calls made so far, by `METHOD plural` (`GET pods`, `WATCH pods`,
+    /// `PATCH machinedeployments/scale`).
     pub fn calls(&self) -> BTreeMap<String, u64> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
