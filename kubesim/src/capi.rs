@@ -28,8 +28,8 @@
 //!   Machine that is gone;
 //! - writes each deployment's `status` when it changes.
 //!
-//! A deployment annotated `cluster.x-k8s.io/paused` is left alone, as
-//! Cluster API does. What a deployment's nodes offer (its [`NodeShape`]) is
+//! A deployment annotated `cluster.x-k8s.io/paused` is left alone, and so
+//! are its Machines (unless being deleted), as Cluster API does. What a deployment's nodes offer (its [`NodeShape`]) is
 //! kept by the simulator, as Cluster API keeps an infrastructure template;
 //! for a deployment made through the API it comes from Cluster Autoscaler's
 //! capacity annotations (`capacity.cluster-autoscaler.kubernetes.io/cpu`
@@ -371,6 +371,8 @@ impl MachineController {
                 }
             } else if deployment.is_none() {
                 start_deleting(store, &machine.namespace, &machine.name);
+            } else if deployment.is_some_and(is_paused) {
+                continue;
             } else if let Some(deployment) = deployment
                 && !nodes.contains_key(&machine.name)
             {
@@ -388,7 +390,7 @@ impl MachineController {
         }
         self.release_gpus(store, now);
         for deployment in &deployments {
-            if deployment["metadata"]["annotations"][PAUSED_ANNOTATION].is_string() {
+            if is_paused(deployment) {
                 continue;
             }
             self.reconcile(store, deployment, &machines, &nodes, now);
@@ -507,6 +509,10 @@ impl MachineController {
         };
         write_status(store, deployment, &counts);
     }
+}
+
+fn is_paused(deployment: &Value) -> bool {
+    deployment["metadata"]["annotations"][PAUSED_ANNOTATION].is_string()
 }
 
 fn find<'a>(deployments: &'a [Value], namespace: &str, name: &str) -> Option<&'a Value> {
