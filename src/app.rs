@@ -19,6 +19,7 @@ use crate::fleet::Fleet;
 use crate::fleet::backend::Backend;
 use crate::fleet::backend::EventLog;
 use crate::fleet::board::InstanceBoard;
+use crate::fleet::kubernetes::autoscaler::Autoscaler;
 use crate::fleet::kubernetes::backend::KubernetesBackend;
 use crate::fleet::leader::Election;
 use crate::fleet::local::LocalBackend;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub election: Election,
     pub board: Arc<InstanceBoard>,
     pub metrics: Arc<Metrics>,
+    /// The node autoscaler, when enabled.
+    pub autoscaler: Option<Arc<Autoscaler>>,
     pub schema: AppSchema,
     /// Turns `true` when the server begins to shut down; long-lived
     /// connections (WebSockets) watch it.
@@ -81,6 +84,7 @@ impl Application {
         let scope = instance_scope(&config.database);
         // The servers sharing a database elect one scaler: through a Lease
         // on the cluster their pods run on, or a lock in the database.
+        let mut autoscaler = None;
         let (backend, election): (Arc<dyn Backend>, Election) = match config.kubernetes.backend {
             BackendKind::Local => (
                 Arc::new(LocalBackend::new(&scope, events.clone())),
@@ -92,6 +96,13 @@ impl Application {
                         .await
                         .map_err(|e| anyhow::anyhow!("cannot reach Kubernetes: {e}"))?;
                 let lease = backend.lease();
+                if config.kubernetes.autoscaler.enabled {
+                    autoscaler = Some(Arc::new(Autoscaler::new(
+                        backend.client(),
+                        config.kubernetes.autoscaler.clone(),
+                        backend.placement(),
+                    )));
+                }
                 (Arc::new(backend), Election::Lease(Box::new(lease)))
             }
         };
@@ -108,7 +119,11 @@ impl Application {
         let stats = StatsService::new(db.clone());
         let retention = Retention::new(db.clone(), config.retention.clone());
         let config = Arc::new(config);
-        let schema = graphql::builder(&config.graphql)
+        let mut schema = graphql::builder(&config.graphql);
+        if let Some(autoscaler) = &autoscaler {
+            schema = schema.data(autoscaler.handle());
+        }
+        let schema = schema
             .data(auth.clone())
             .data(db.clone())
             .data(models.clone())
@@ -133,6 +148,7 @@ impl Application {
             election,
             board,
             metrics,
+            autoscaler,
             schema,
             shutdown,
         };
@@ -175,6 +191,13 @@ impl Application {
                 .clone()
                 .run(state.election.clone(), state.shutdown.clone()),
         );
+        let autoscaler = state.autoscaler.clone().map(|autoscaler| {
+            tokio::spawn(autoscaler.run(
+                state.fleet.clone(),
+                state.db.clone(),
+                state.shutdown.clone(),
+            ))
+        });
         let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let graceful = async move {
@@ -204,6 +227,9 @@ impl Application {
         };
         housekeeping.abort();
         retention.abort();
+        if let Some(autoscaler) = autoscaler {
+            autoscaler.abort();
+        }
         // The scaler stops its instances and re-queues their jobs.
         if tokio::time::timeout(grace + Duration::from_secs(15), scaler)
             .await

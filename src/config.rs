@@ -11,6 +11,7 @@
 //! A value of the wrong type, an unknown key or a value that breaks a rule
 //! stops start-up with a message that names the key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -316,6 +317,83 @@ pub struct KubernetesConfig {
     /// from a leader that died within this time; the leader renews every
     /// third of it. Default 15.
     pub lease_duration_secs: u64,
+    /// `[kubernetes.autoscaler]`: the node autoscaler.
+    pub autoscaler: AutoscalerConfig,
+}
+
+/// `[kubernetes.autoscaler]`: grows and shrinks Cluster API
+/// MachineDeployments to fit modelfleet's pods.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AutoscalerConfig {
+    /// `kubernetes.autoscaler.enabled`: run it (on the replica that runs
+    /// the scaler). Default false.
+    pub enabled: bool,
+    /// `kubernetes.autoscaler.namespace`: look for MachineDeployments only
+    /// here. Default: every namespace.
+    pub namespace: Option<String>,
+    /// `kubernetes.autoscaler.selector`: only MachineDeployments with these
+    /// labels (`key=value,key2=value2`). Default: all.
+    pub selector: Option<String>,
+    /// `kubernetes.autoscaler.scale_down_unneeded_secs`: how long a node
+    /// holds no modelfleet pod before it is removed. Default 600.
+    pub scale_down_unneeded_secs: u64,
+    /// `kubernetes.autoscaler.scale_down_delay_after_add_secs`: no node is
+    /// removed this long after a scale-up. Default 600.
+    pub scale_down_delay_after_add_secs: u64,
+    /// `kubernetes.autoscaler.scale_down_confirm_secs`: between cordoning a
+    /// node and removing it, the time for anything already on its way to
+    /// land on it. Default 10.
+    pub scale_down_confirm_secs: u64,
+    /// `kubernetes.autoscaler.gather_quiet_ms`: unschedulable pods are
+    /// gathered until none is new for this long. Default 1000.
+    pub gather_quiet_ms: u64,
+    /// `kubernetes.autoscaler.gather_max_ms`: and for at most this long.
+    /// Default 10000.
+    pub gather_max_ms: u64,
+    /// `[[kubernetes.autoscaler.pools]]`: settings that win over a
+    /// MachineDeployment's annotations.
+    pub pools: Vec<PoolOverride>,
+}
+
+impl Default for AutoscalerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            namespace: None,
+            selector: None,
+            scale_down_unneeded_secs: 600,
+            scale_down_delay_after_add_secs: 600,
+            scale_down_confirm_secs: 10,
+            gather_quiet_ms: 1000,
+            gather_max_ms: 10_000,
+            pools: Vec::new(),
+        }
+    }
+}
+
+/// `[[kubernetes.autoscaler.pools]]`: one MachineDeployment's settings,
+/// in place of its annotations. A MachineDeployment named here is a pool
+/// even without the size annotations, given both sizes here.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolOverride {
+    /// The MachineDeployment's name.
+    pub name: String,
+    /// Its namespace; any when not given.
+    pub namespace: Option<String>,
+    pub min_size: Option<u32>,
+    pub max_size: Option<u32>,
+    /// What one node offers: quantities as Kubernetes writes them.
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+    pub gpu_count: Option<u64>,
+    /// The GPU resource name. Default `nvidia.com/gpu`.
+    pub gpu_type: Option<String>,
+    pub max_pods: Option<u64>,
+    pub labels: Option<BTreeMap<String, String>>,
+    /// `key=value:Effect`.
+    pub taints: Option<Vec<String>>,
 }
 
 impl Default for KubernetesConfig {
@@ -328,6 +406,7 @@ impl Default for KubernetesConfig {
             stop_grace_secs: 30,
             max_restarts: 3,
             lease_duration_secs: 15,
+            autoscaler: AutoscalerConfig::default(),
         }
     }
 }
@@ -427,6 +506,76 @@ impl Config {
         Ok(specs)
     }
 
+    /// The autoscaler's rules: its backend, windows, and each pool's
+    /// settings.
+    fn validate_autoscaler(&self) -> Result<(), ConfigError> {
+        use crate::fleet::kubernetes::autoscaler::{plan::Taint, pools};
+        let rule = |key: String, rule: &str| {
+            Err(ConfigError::Rule {
+                key,
+                rule: rule.to_owned(),
+            })
+        };
+        let a = &self.kubernetes.autoscaler;
+        if !a.enabled {
+            return Ok(());
+        }
+        let key = |k: &str| format!("kubernetes.autoscaler.{k}");
+        if self.kubernetes.backend != BackendKind::Kubernetes {
+            return rule(key("enabled"), "needs kubernetes.backend = \"kubernetes\"");
+        }
+        if a.gather_quiet_ms == 0 || a.gather_quiet_ms > a.gather_max_ms {
+            return rule(
+                key("gather_quiet_ms"),
+                "must be at least 1 and at most gather_max_ms",
+            );
+        }
+        if a.scale_down_unneeded_secs == 0 {
+            return rule(key("scale_down_unneeded_secs"), "must be at least 1");
+        }
+        if let Some(selector) = &a.selector
+            && selector.split(',').any(|p| {
+                p.split_once('=')
+                    .is_none_or(|(k, v)| k.trim().is_empty() || v.contains('='))
+            })
+        {
+            return rule(key("selector"), "must be key=value pairs separated by commas");
+        }
+        for (i, pool) in a.pools.iter().enumerate() {
+            let at = |k: &str| format!("kubernetes.autoscaler.pools[{i}].{k}");
+            if pool.name.is_empty() {
+                return rule(at("name"), "is required: the MachineDeployment's name");
+            }
+            if let (Some(min), Some(max)) = (pool.min_size, pool.max_size)
+                && min > max
+            {
+                return rule(at("min_size"), "must not be above max_size");
+            }
+            if let Some(cpu) = &pool.cpu
+                && pools::cpu_millis(cpu).is_none()
+            {
+                return rule(at("cpu"), "must be a CPU quantity such as 4 or 3500m");
+            }
+            if let Some(memory) = &pool.memory
+                && pools::bytes(memory).is_none()
+            {
+                return rule(at("memory"), "must be a memory quantity such as 16Gi");
+            }
+            if let Some(bad) = pool
+                .taints
+                .iter()
+                .flatten()
+                .find(|t| Taint::parse(t).is_none())
+            {
+                return rule(
+                    at("taints"),
+                    &format!("`{bad}` is not key=value:Effect (NoSchedule, PreferNoSchedule or NoExecute)"),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Rules that types alone do not express.
     fn check(&self) -> Result<(), ConfigError> {
         let rule = |key: &str, rule: &str| {
@@ -475,6 +624,7 @@ impl Config {
         if self.kubernetes.lease_duration_secs < 3 {
             return rule("kubernetes.lease_duration_secs", "must be at least 3");
         }
+        self.validate_autoscaler()?;
         if self.kubernetes.backend == BackendKind::Kubernetes
             && let Some(model) = self
                 .model_specs()?

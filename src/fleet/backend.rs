@@ -67,6 +67,9 @@ impl Placed {
 pub struct StartError {
     pub detail: String,
     pub public: Option<String>,
+    /// Trying again cannot help as things are (no node could ever hold the
+    /// instance): the waiting requests fail at once with `public`.
+    pub hopeless: bool,
 }
 
 impl StartError {
@@ -74,6 +77,16 @@ impl StartError {
         Self {
             detail,
             public: Some(public.to_owned()),
+            hopeless: false,
+        }
+    }
+
+    /// A start that cannot succeed as things are, for `reason`.
+    pub fn hopeless(reason: &str) -> Self {
+        Self {
+            detail: reason.to_owned(),
+            public: Some(reason.to_owned()),
+            hopeless: true,
         }
     }
 }
@@ -83,6 +96,7 @@ impl From<String> for StartError {
         Self {
             detail,
             public: None,
+            hopeless: false,
         }
     }
 }

@@ -139,6 +139,8 @@ struct StartFailures {
     /// Why the last start failed, when the backend gave a reason fit for
     /// the requests' owners.
     reason: Option<String>,
+    /// The last start said trying again cannot help as things are.
+    hopeless: bool,
 }
 
 impl StartFailures {
@@ -465,7 +467,8 @@ impl Fleet {
         let failures = self.lock().start_failures.get(&model.id).cloned();
         if let Some(failures) = failures {
             let cooling = tokio::time::Instant::now() < failures.last + failures.backoff();
-            if failures.count >= START_FAILURE_LIMIT && cooling && active == 0 {
+            if (failures.count >= START_FAILURE_LIMIT || failures.hopeless) && cooling && active == 0
+            {
                 // Starting keeps failing: fail the waiting requests rather
                 // than keep them forever. One more start is tried when the
                 // back-off ends; a success clears all this.
@@ -474,10 +477,15 @@ impl Fleet {
                         Some(reason) => format!("the last: {reason}"),
                         None => "the instance events say why".to_owned(),
                     };
-                    let reason = format!(
-                        "no instance of model `{}` could start ({} attempts in a row failed; {why})",
-                        model.id, failures.count
-                    );
+                    let reason = match &failures.reason {
+                        Some(reason) if failures.hopeless => {
+                            format!("no instance of model `{}` can run: {reason}", model.id)
+                        }
+                        _ => format!(
+                            "no instance of model `{}` could start ({} attempts in a row failed; {why})",
+                            model.id, failures.count
+                        ),
+                    };
                     self.fail_queued(&model.id, &reason).await?;
                 }
                 return Ok(0);
@@ -1231,10 +1239,12 @@ impl Fleet {
                                 count: 0,
                                 last: tokio::time::Instant::now(),
                                 reason: None,
+                                hopeless: false,
                             });
                     entry.count += 1;
                     entry.last = tokio::time::Instant::now();
                     entry.reason = failure.public;
+                    entry.hopeless = failure.hopeless;
                     if let Some(live) = state.instances.get_mut(&id) {
                         live.status = InstanceStatus::Failed;
                     }

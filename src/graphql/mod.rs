@@ -10,6 +10,7 @@ mod codes;
 mod guard;
 mod instances;
 mod models;
+mod nodes;
 mod pagination;
 mod requests;
 mod stats;
@@ -31,6 +32,7 @@ pub struct Query(
     all_requests::AllRequestsQuery,
     instances::InstancesQuery,
     models::ModelsQuery,
+    nodes::NodesQuery,
     requests::RequestsQuery,
     stats::StatsQuery,
     users::UsersQuery,
@@ -49,6 +51,7 @@ pub struct Mutation(
 pub struct Subscription(
     account::AccountSubscription,
     instances::InstancesSubscription,
+    nodes::NodesSubscription,
     requests::RequestsSubscription,
 );
 

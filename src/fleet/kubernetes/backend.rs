@@ -69,6 +69,8 @@ struct Tracked {
     gone: watch::Sender<bool>,
     /// The request it runs, for the pod's annotation.
     request: watch::Sender<Option<Uuid>>,
+    /// Set by the node autoscaler when no node could ever hold the pod.
+    unplaceable: watch::Sender<Option<String>>,
 }
 
 type Tracking = Arc<Mutex<HashMap<Uuid, Tracked>>>;
@@ -144,6 +146,17 @@ impl KubernetesBackend {
         }
     }
 
+    /// The client it talks to the cluster with.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// A handle through which the node autoscaler tells starting pods
+    /// that no node could ever hold them.
+    pub fn placement(&self) -> Placement {
+        Placement(self.tracked.clone())
+    }
+
     /// This server's side of the scaler's election: a Lease named after
     /// the database (so that deployments sharing a namespace elect apart),
     /// held as the host name (the pod's name in a cluster) and a random
@@ -181,6 +194,7 @@ impl KubernetesBackend {
             exited: watch::channel(None).0,
             gone: watch::channel(false).0,
             request: watch::channel(None).0,
+            unplaceable: watch::channel(None).0,
         };
         if created {
             self.annotate_from(&tracked);
@@ -273,7 +287,14 @@ impl KubernetesBackend {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last_detail = None;
         let mut last_wait: Option<String> = None;
+        let mut unplaceable = lock(&self.tracked)
+            .get(&instance_id)
+            .map(|t| t.unplaceable.subscribe())
+            .ok_or_else(|| StartError::from("stopped while starting".to_owned()))?;
         loop {
+            if let Some(reason) = unplaceable.borrow_and_update().clone() {
+                return Err(StartError::hopeless(&reason));
+            }
             let seen = observed.borrow_and_update().clone();
             let mut serving = None;
             if let Some(seen) = seen {
@@ -322,6 +343,7 @@ impl KubernetesBackend {
                         return Err("the backend stopped".to_owned().into());
                     }
                 }
+                Ok(()) = unplaceable.changed() => {}
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
             if tokio::time::Instant::now() >= deadline {
@@ -343,6 +365,24 @@ impl KubernetesBackend {
             u32::try_from(restarts).unwrap_or(0) >= self.config.max_restarts
         } else {
             reason != "ErrImagePull"
+        }
+    }
+}
+
+/// See [`KubernetesBackend::placement`].
+#[derive(Clone)]
+pub struct Placement(Tracking);
+
+impl Placement {
+    /// No node could ever hold `instance_id`'s pod, for `reason`: its
+    /// start fails with that reason. True when the instance was starting.
+    pub fn cannot_place(&self, instance_id: Uuid, reason: &str) -> bool {
+        match lock(&self.0).get(&instance_id) {
+            Some(t) => {
+                t.unplaceable.send_replace(Some(reason.to_owned()));
+                true
+            }
+            None => false,
         }
     }
 }

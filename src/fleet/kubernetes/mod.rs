@@ -3,6 +3,7 @@
 //! ([`status`]); the scaler's election through a Lease ([`lease`]).
 //! `kubesim` is the simulated cluster the tests run against.
 
+pub mod autoscaler;
 pub mod backend;
 pub mod lease;
 pub mod pod;
