@@ -539,7 +539,10 @@ impl Config {
                     .is_none_or(|(k, v)| k.trim().is_empty() || v.contains('='))
             })
         {
-            return rule(key("selector"), "must be key=value pairs separated by commas");
+            return rule(
+                key("selector"),
+                "must be key=value pairs separated by commas",
+            );
         }
         for (i, pool) in a.pools.iter().enumerate() {
             let at = |k: &str| format!("kubernetes.autoscaler.pools[{i}].{k}");
@@ -569,7 +572,9 @@ impl Config {
             {
                 return rule(
                     at("taints"),
-                    &format!("`{bad}` is not key=value:Effect (NoSchedule, PreferNoSchedule or NoExecute)"),
+                    &format!(
+                        "`{bad}` is not key=value:Effect (NoSchedule, PreferNoSchedule or NoExecute)"
+                    ),
                 );
             }
         }

@@ -404,8 +404,17 @@ fn check_one_namespace(m: &Manifests) -> Checked {
 type Grants = BTreeMap<(String, String), BTreeSet<String>>;
 
 fn check_role_grants_exactly_permissions(m: &Manifests) -> Checked {
+    grants_exactly(m.role.rules.iter().flatten(), PERMISSIONS)
+        .map_err(|e| format!("the Role differs from PERMISSIONS: it {e}"))
+}
+
+/// That `rules` grant exactly `permissions`, no wildcard, no names.
+fn grants_exactly<'a>(
+    rules: impl Iterator<Item = &'a PolicyRule>,
+    permissions: &[(&str, &str, &[&str])],
+) -> Checked {
     let mut granted = Grants::new();
-    for (i, rule) in m.role.rules.iter().flatten().enumerate() {
+    for (i, rule) in rules.enumerate() {
         let PolicyRule {
             api_groups,
             non_resource_urls,
@@ -441,7 +450,7 @@ fn check_role_grants_exactly_permissions(m: &Manifests) -> Checked {
             }
         }
     }
-    let wanted: Grants = PERMISSIONS
+    let wanted: Grants = permissions
         .iter()
         .map(|(group, resource, verbs)| {
             (
@@ -478,10 +487,7 @@ fn check_role_grants_exactly_permissions(m: &Manifests) -> Checked {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "the Role differs from PERMISSIONS: it {}",
-            problems.join("; it ")
-        ))
+        Err(problems.join("; it "))
     }
 }
 
@@ -689,6 +695,45 @@ fn everything_is_in_one_namespace() {
 #[test]
 fn the_role_grants_exactly_the_calls_the_server_makes() {
     assert_ok(check_role_grants_exactly_permissions(&load()));
+}
+
+/// The autoscaler's ClusterRole grants exactly what it calls, and is
+/// bound to the server's account.
+#[test]
+fn the_autoscaler_cluster_role_grants_exactly_its_calls() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use modelfleet::fleet::kubernetes::AUTOSCALER_PERMISSIONS;
+    let text = std::fs::read_to_string(deploy_dir().join("autoscaler/rbac.yaml"))
+        .expect("deploy/autoscaler/rbac.yaml");
+    let mut role = None;
+    let mut binding = None;
+    for document in serde_saphyr::from_multiple::<Value>(&text).expect("YAML") {
+        match document["kind"].as_str() {
+            Some("ClusterRole") => {
+                role =
+                    Some(serde_json::from_value::<ClusterRole>(document).expect("a ClusterRole"));
+            }
+            Some("ClusterRoleBinding") => {
+                binding = Some(
+                    serde_json::from_value::<ClusterRoleBinding>(document)
+                        .expect("a ClusterRoleBinding"),
+                );
+            }
+            other => panic!("unexpected kind {other:?} in deploy/autoscaler/rbac.yaml"),
+        }
+    }
+    let role = role.expect("a ClusterRole");
+    assert_ok(
+        grants_exactly(role.rules.iter().flatten(), AUTOSCALER_PERMISSIONS)
+            .map_err(|e| format!("the ClusterRole differs from AUTOSCALER_PERMISSIONS: it {e}")),
+    );
+    let binding = binding.expect("a ClusterRoleBinding");
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(Some(binding.role_ref.name.clone()), role.metadata.name);
+    let subject = &binding.subjects.as_ref().expect("subjects")[0];
+    let account = load().service_account;
+    assert_eq!(Some(subject.name.clone()), account.metadata.name);
+    assert_eq!(subject.namespace, account.metadata.namespace);
 }
 
 #[test]

@@ -453,10 +453,17 @@ impl Fleet {
                 .clone()
                 .filter(|l| l.status == InstanceStatus::Stopping)
                 .count() as u64;
+            // Ready ones too: those left idle by the dispatch above, and
+            // any that became ready since it looked.
             let coming = mine
-                .filter(|l| matches!(l.status, InstanceStatus::Pending | InstanceStatus::Starting))
+                .filter(|l| {
+                    matches!(
+                        l.status,
+                        InstanceStatus::Pending | InstanceStatus::Starting | InstanceStatus::Ready
+                    )
+                })
                 .count() as u64;
-            (active, stopping, coming + idle.len() as u64)
+            (active, stopping, coming)
         };
         let min = if model.enabled {
             u64::from(model.min_instances)
@@ -467,7 +474,9 @@ impl Fleet {
         let failures = self.lock().start_failures.get(&model.id).cloned();
         if let Some(failures) = failures {
             let cooling = tokio::time::Instant::now() < failures.last + failures.backoff();
-            if (failures.count >= START_FAILURE_LIMIT || failures.hopeless) && cooling && active == 0
+            if (failures.count >= START_FAILURE_LIMIT || failures.hopeless)
+                && cooling
+                && active == 0
             {
                 // Starting keeps failing: fail the waiting requests rather
                 // than keep them forever. One more start is tried when the

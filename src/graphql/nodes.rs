@@ -19,9 +19,11 @@ use crate::fleet::kubernetes::autoscaler::{
 
 /// The autoscaler's handle, when this replica may answer for it.
 fn autoscaler<'a>(ctx: &Context<'a>) -> Result<&'a AutoscalerHandle, ApiError> {
-    let handle = ctx.data_opt::<AutoscalerHandle>().ok_or(ApiError::Unavailable(
-        "the node autoscaler is not enabled (kubernetes.autoscaler.enabled)",
-    ))?;
+    let handle = ctx
+        .data_opt::<AutoscalerHandle>()
+        .ok_or(ApiError::Unavailable(
+            "the node autoscaler is not enabled (kubernetes.autoscaler.enabled)",
+        ))?;
     if !ctx.data_unchecked::<Arc<Fleet>>().is_leading() {
         return Err(ApiError::Unavailable(
             "this server does not run the scaler; ask the one that does",

@@ -22,3 +22,14 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
         &["create", "get", "update"],
     ),
 ];
+
+/// The calls the node autoscaler adds, cluster-wide (a ClusterRole in
+/// `deploy/autoscaler/rbac.yaml`, checked against this list by tests).
+pub const AUTOSCALER_PERMISSIONS: &[(&str, &str, &[&str])] = &[
+    ("", "nodes", &["list", "patch", "watch"]),
+    ("", "pods", &["list", "watch"]),
+    ("", "events", &["create"]),
+    ("cluster.x-k8s.io", "machinedeployments", &["list", "watch"]),
+    ("cluster.x-k8s.io", "machinedeployments/scale", &["patch"]),
+    ("cluster.x-k8s.io", "machines", &["list", "patch", "watch"]),
+];

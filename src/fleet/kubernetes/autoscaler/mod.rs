@@ -147,7 +147,16 @@ impl AutoscalerHandle {
     }
 
     pub fn pools(&self) -> Vec<PoolView> {
-        self.views().pools.clone()
+        let views = self.views();
+        let mut pools = views.pools.clone();
+        for pool in &mut pools {
+            pool.decisions = views
+                .decisions
+                .get(&pool.pool.id)
+                .map(|d| d.iter().cloned().collect())
+                .unwrap_or_default();
+        }
+        pools
     }
 
     pub fn nodes(&self) -> Vec<NodeView> {
@@ -207,7 +216,13 @@ fn follow<K>(
     what: &'static str,
 ) -> tokio::task::JoinHandle<()>
 where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     tokio::spawn(async move {
@@ -414,11 +429,7 @@ impl Autoscaler {
                 ready: p.ready,
                 coming: p.pool.desired.saturating_sub(p.ready),
                 problem: None,
-                decisions: views
-                    .decisions
-                    .get(&p.pool.id)
-                    .map(|d| d.iter().cloned().collect())
-                    .unwrap_or_default(),
+                decisions: Vec::new(),
             })
             .chain(seen.problems.iter().map(|(pool, problem)| PoolView {
                 pool: pool.clone(),
@@ -535,11 +546,7 @@ impl Autoscaler {
     }
 
     async fn cordon(&self, brain: &mut Brain, node: &NodeFacts) {
-        let mut taints: Vec<serde_json::Value> = node
-            .taints
-            .iter()
-            .map(|t| taint_json(t))
-            .collect();
+        let mut taints: Vec<serde_json::Value> = node.taints.iter().map(taint_json).collect();
         taints.push(json!({ "key": TAINT_KEY, "value": "", "effect": "NoSchedule" }));
         let patch = Patch::Merge(json!({ "spec": { "unschedulable": true, "taints": taints } }));
         let idle = brain
@@ -559,8 +566,11 @@ impl Autoscaler {
                     self.config.scale_down_confirm_secs
                 );
                 tracing::info!(node = %node.name, pool = %pool, idle_secs = idle, "node cordoned for scale-down");
-                self.handle
-                    .decide(&pool, DecisionKind::Cordon, format!("{}: {message}", node.name));
+                self.handle.decide(
+                    &pool,
+                    DecisionKind::Cordon,
+                    format!("{}: {message}", node.name),
+                );
                 self.tell(&Tell {
                     object: node.reference(),
                     warning: false,
@@ -655,8 +665,11 @@ impl Autoscaler {
                     pool.pool.min
                 );
                 tracing::info!(node = %node.name, pool = %pool_id, machine = %machine_name, from, to, "scale-down: node removed");
-                self.handle
-                    .decide(&pool_id, DecisionKind::ScaleDown, format!("{}: {message}", node.name));
+                self.handle.decide(
+                    &pool_id,
+                    DecisionKind::ScaleDown,
+                    format!("{}: {message}", node.name),
+                );
                 self.tell(&Tell {
                     object: node.reference(),
                     warning: false,
@@ -778,7 +791,11 @@ fn taint_json(t: &Taint) -> serde_json::Value {
 fn abbreviate(names: &[ObjectRef]) -> String {
     let shown: Vec<&str> = names.iter().take(5).map(|n| n.name.as_str()).collect();
     if names.len() > shown.len() {
-        format!("{} and {} more", shown.join(", "), names.len() - shown.len())
+        format!(
+            "{} and {} more",
+            shown.join(", "),
+            names.len() - shown.len()
+        )
     } else {
         shown.join(", ")
     }
@@ -814,7 +831,9 @@ impl ObjectRef {
     /// Events about cluster-scoped objects (nodes) go to `default`, as
     /// the node controller's do.
     fn event_namespace(&self) -> String {
-        self.namespace.clone().unwrap_or_else(|| "default".to_owned())
+        self.namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned())
     }
 }
 
@@ -1063,6 +1082,11 @@ fn pod_on_node(pod: &Pod) -> PodOnNode {
             None
         },
         gpus: pod_needs(pod).0.gpus,
+        starting: !pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
         finished: is_finished(pod),
         daemon_or_mirror: owned_by_daemon_set || mirror,
     }
@@ -1109,8 +1133,7 @@ pub fn observe(
         };
         let going = m.metadata.deletion_timestamp.is_some()
             || m.data["status"]["phase"] == "Deleting"
-            || m
-                .metadata
+            || m.metadata
                 .annotations
                 .as_ref()
                 .is_some_and(|a| a.contains_key(DELETE_MACHINE));
@@ -1121,19 +1144,21 @@ pub fn observe(
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
         let annotations = node.metadata.annotations.as_ref();
-        let machine = annotations.and_then(|a| a.get(MACHINE_ANNOTATION)).map(|m| {
-            let ns = annotations
-                .and_then(|a| a.get(pools::CLUSTER_NAMESPACE_ANNOTATION))
-                .cloned()
-                .or_else(|| {
-                    machine_pool
-                        .keys()
-                        .find(|(_, n)| n == m)
-                        .map(|(ns, _)| ns.clone())
-                })
-                .unwrap_or_default();
-            (ns, m.clone())
-        });
+        let machine = annotations
+            .and_then(|a| a.get(MACHINE_ANNOTATION))
+            .map(|m| {
+                let ns = annotations
+                    .and_then(|a| a.get(pools::CLUSTER_NAMESPACE_ANNOTATION))
+                    .cloned()
+                    .or_else(|| {
+                        machine_pool
+                            .keys()
+                            .find(|(_, n)| n == m)
+                            .map(|(ns, _)| ns.clone())
+                    })
+                    .unwrap_or_default();
+                (ns, m.clone())
+            });
         let owner = machine.as_ref().and_then(|m| machine_pool.get(m));
         let spec = node.spec.as_ref();
         let taints: Vec<Taint> = pools::node_shape(node).taints;
@@ -1191,9 +1216,7 @@ pub fn observe(
                         node_selector: spec
                             .and_then(|s| s.node_selector.clone())
                             .unwrap_or_default(),
-                        tolerations: spec
-                            .and_then(|s| s.tolerations.clone())
-                            .unwrap_or_default(),
+                        tolerations: spec.and_then(|s| s.tolerations.clone()).unwrap_or_default(),
                     },
                     object: ObjectRef {
                         kind: "Pod",
@@ -1336,9 +1359,9 @@ impl Brain {
             .map(|(_, at)| *at)
             .min();
         let gathered = oldest_unplanned.is_some_and(|oldest| {
-            let quiet = self
-                .last_new
-                .is_none_or(|l| now.duration_since(l).as_millis() >= u128::from(config.gather_quiet_ms));
+            let quiet = self.last_new.is_none_or(|l| {
+                now.duration_since(l).as_millis() >= u128::from(config.gather_quiet_ms)
+            });
             quiet || now.duration_since(oldest).as_millis() >= u128::from(config.gather_max_ms)
         });
         let replan = !keys.is_empty()

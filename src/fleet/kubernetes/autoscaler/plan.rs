@@ -157,7 +157,10 @@ impl Demand {
                 .node_selector
                 .iter()
                 .all(|(k, v)| room.labels.get(k) == Some(v))
-            && room.taints.iter().all(|t| t.tolerated_by(&self.tolerations))
+            && room
+                .taints
+                .iter()
+                .all(|t| t.tolerated_by(&self.tolerations))
     }
 
     /// For sorting largest first: GPUs weigh most, then CPU, then memory.
@@ -469,9 +472,9 @@ pub fn never_reason(pools: &[PoolState], demand: &Demand) -> String {
 /// Why a node must stay: the first pod on it that counts as use.
 ///
 /// A pod counts unless it is finished, a DaemonSet's or a mirror pod. On a
-/// node with GPUs, a modelfleet pod counts only if it asks for GPUs or
-/// holds an assigned request: an idle CPU model on a GPU node does not keep
-/// the GPUs. A modelfleet pod holding an assigned request always counts;
+/// node with GPUs, a modelfleet pod counts only if it asks for GPUs, is
+/// still starting (its request is on its way) or holds an assigned
+/// request: an idle CPU model on a GPU node does not keep the GPUs. A modelfleet pod holding an assigned request always counts;
 /// so does any other workload's pod (the autoscaler never evicts others).
 pub fn node_use<'a>(
     gpu_node: bool,
@@ -486,7 +489,7 @@ pub fn node_use<'a>(
             if assigned.contains(instance) {
                 return Some(format!("pod {} runs an assigned request", pod.name));
             }
-            if gpu_node && pod.gpus == 0 {
+            if gpu_node && pod.gpus == 0 && !pod.starting {
                 continue;
             }
             return Some(format!("modelfleet pod {}", pod.name));
@@ -504,6 +507,8 @@ pub struct PodOnNode {
     /// The modelfleet instance it is, for modelfleet pods.
     pub instance: Option<String>,
     pub gpus: u64,
+    /// Not ready yet.
+    pub starting: bool,
     pub finished: bool,
     pub daemon_or_mirror: bool,
 }
@@ -649,8 +654,10 @@ mod tests {
     #[test]
     fn labels_and_taints_decide_which_pool_fits() {
         let mut gpu = shape(8, 32, 1);
-        gpu.taints.push(Taint::parse("nvidia.com/gpu=present:NoSchedule").expect("taint"));
-        gpu.labels.insert("accelerator".to_owned(), "a100".to_owned());
+        gpu.taints
+            .push(Taint::parse("nvidia.com/gpu=present:NoSchedule").expect("taint"));
+        gpu.labels
+            .insert("accelerator".to_owned(), "a100".to_owned());
         let pools = [pool("ns/gpu", gpu, 0, 0, 4)];
         let mut wants = pod("g", 1, 1, 1);
         let plan = plan_scale_up(&pools, &[], std::slice::from_ref(&wants));
@@ -699,6 +706,7 @@ mod tests {
             name: name.to_owned(),
             instance: instance.map(str::to_owned),
             gpus,
+            starting: false,
             finished: false,
             daemon_or_mirror: false,
         };

@@ -125,7 +125,10 @@ fn shape_of(
         Some(q) => Some(cpu_millis(&q).ok_or_else(|| bad("cpu", &q))?),
         None => None,
     };
-    let memory = match over.and_then(|o| o.memory.clone()).or_else(|| note("memory")) {
+    let memory = match over
+        .and_then(|o| o.memory.clone())
+        .or_else(|| note("memory"))
+    {
         Some(q) => Some(bytes(&q).ok_or_else(|| bad("memory", &q))?),
         None => None,
     };
