@@ -227,7 +227,13 @@ impl Application {
         };
         housekeeping.abort();
         retention.abort();
-        if let Some(autoscaler) = autoscaler {
+        // The autoscaler ends its pass (a removal under way is finished)
+        // and stops at the shutdown signal.
+        if let Some(mut autoscaler) = autoscaler
+            && tokio::time::timeout(Duration::from_secs(5), &mut autoscaler)
+                .await
+                .is_err()
+        {
             autoscaler.abort();
         }
         // The scaler stops its instances and re-queues their jobs.

@@ -533,6 +533,9 @@ impl Config {
         if a.scale_down_unneeded_secs == 0 {
             return rule(key("scale_down_unneeded_secs"), "must be at least 1");
         }
+        if a.scale_down_confirm_secs == 0 {
+            return rule(key("scale_down_confirm_secs"), "must be at least 1");
+        }
         if let Some(selector) = &a.selector
             && selector.split(',').any(|p| {
                 p.split_once('=')

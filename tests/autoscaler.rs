@@ -407,3 +407,40 @@ db_test!(node_queries_and_updates_are_for_admins_only, db => {
     assert_eq!(update["type"], "next", "{update}");
     assert!(update["payload"]["data"]["nodeUpdates"]["node"]["name"].is_string(), "{update}");
 });
+
+db_test!(several_idle_nodes_of_a_pool_all_go, db => {
+    let cluster = Cluster::start().await;
+    cluster.set_deletion_delay(Duration::from_millis(200));
+    cluster.add_machine_deployment(&pool("cpu", NodeShape::new(4, 16), 3, 0, 5)).expect("pool");
+    let timing = Timing { unneeded: 1, confirm: 1, after_add: 0 };
+    let (app, _admin) = server(&cluster, db, &[("pods", cpu_model("1"), 300)], timing).await;
+    // Confirmed in one pass, each removal lowers the replicas by one more.
+    app.eventually("every idle node to go", 30, || async {
+        pool_nodes(&cluster, "cpu").is_empty()
+    })
+    .await;
+    assert_eq!(replicas(&cluster, "cpu"), 0);
+    let machines = cluster.store.list(Resource::MACHINE, Some(NS));
+    assert!(machines.is_empty(), "{machines:?}");
+});
+
+db_test!(a_pool_described_by_a_cordoned_node_still_takes_pods, db => {
+    let cluster = Cluster::start().await;
+    cluster.set_provisioning_delay(Duration::from_millis(300));
+    // No capacity annotations: the pool's only node is its description,
+    // and it is being emptied.
+    let mut spec = pool("cpu", NodeShape::new(4, 16), 1, 0, 5);
+    spec.capacity_annotations = false;
+    cluster.add_machine_deployment(&spec).expect("pool");
+    let timing = Timing { unneeded: 1, confirm: 60, after_add: 0 };
+    let (app, _admin) = server(&cluster, db, &[("pods", cpu_model("1"), 300)], timing).await;
+    let node = pool_nodes(&cluster, "cpu")[0]["metadata"]["name"].as_str().expect("a node").to_owned();
+    app.eventually("the node to be cordoned", 30, || async {
+        cluster.store.get(Resource::NODE, "", &node).is_some_and(|n| n["spec"]["unschedulable"] == true)
+    })
+    .await;
+    let token = app.anonymous().await;
+    let id = app.submit(&token, "pods", json!({ "message": "placed" })).await;
+    let done = app.wait_done(&token, &id).await;
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+});

@@ -463,7 +463,7 @@ impl Autoscaler {
         for told in actions.tell {
             self.tell(&told);
         }
-        let assigned = if actions.cordon.is_empty() && actions.confirm.is_empty() {
+        let assigned = if actions.cordon.is_empty() {
             HashSet::new()
         } else {
             assigned_instances(db).await?
@@ -485,7 +485,7 @@ impl Autoscaler {
                 brain.cordoned.remove(&name);
                 continue;
             };
-            self.confirm_removal(brain, seen, node, &assigned).await;
+            self.confirm_removal(brain, seen, node, db).await;
         }
         Ok(())
     }
@@ -548,7 +548,10 @@ impl Autoscaler {
     async fn cordon(&self, brain: &mut Brain, node: &NodeFacts) {
         let mut taints: Vec<serde_json::Value> = node.taints.iter().map(taint_json).collect();
         taints.push(json!({ "key": TAINT_KEY, "value": "", "effect": "NoSchedule" }));
-        let patch = Patch::Merge(json!({ "spec": { "unschedulable": true, "taints": taints } }));
+        let patch = Patch::Merge(json!({
+            "metadata": { "resourceVersion": node.resource_version },
+            "spec": { "unschedulable": true, "taints": taints },
+        }));
         let idle = brain
             .idle_since
             .get(&node.name)
@@ -591,8 +594,18 @@ impl Autoscaler {
         brain: &mut Brain,
         seen: &Seen,
         node: &NodeFacts,
-        assigned: &HashSet<String>,
+        db: &DatabaseConnection,
     ) {
+        // Read now, after the pod list below is asked for: a request
+        // assigned since the pass began counts.
+        let assigned = match assigned_instances(db).await {
+            Ok(assigned) => assigned,
+            Err(e) => {
+                tracing::warn!(node = %node.name, error = %e, "cannot read assigned requests; node kept cordoned for now");
+                return;
+            }
+        };
+        let assigned = &assigned;
         let pool_id = node.pool.clone().unwrap_or_default();
         // Fresh from the API server, not the cache: a pod bound a moment
         // ago counts.
@@ -655,6 +668,23 @@ impl Autoscaler {
                 &Patch::Merge(json!({ "spec": { "replicas": to } })),
             )
             .await;
+        if let Err(e) = &lowered {
+            // Unmarked, the Machine is not taken at a later change of the
+            // replicas; the node stays cordoned and is confirmed again.
+            let _ = Api::<DynamicObject>::namespaced_with(
+                self.client.clone(),
+                &machine_ns,
+                &pools::machines(),
+            )
+            .patch(
+                &machine_name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": { DELETE_MACHINE: null } } })),
+            )
+            .await;
+            tracing::warn!(node = %node.name, pool = %pool_id, error = %e, "cannot lower replicas");
+            return;
+        }
         match lowered {
             Ok(_) => {
                 brain.asked.insert(pool_id.clone(), (to, Instant::now()));
@@ -664,7 +694,7 @@ impl Autoscaler {
                     "removing node: Machine {machine_ns}/{machine_name} marked for deletion, pool {pool_id} {from} → {to} nodes (min {})",
                     pool.pool.min
                 );
-                tracing::info!(node = %node.name, pool = %pool_id, machine = %machine_name, from, to, "scale-down: node removed");
+                tracing::info!(node = %node.name, pool = %pool_id, machine = %machine_name, from, to, "scale-down: machine marked and replicas lowered");
                 self.handle.decide(
                     &pool_id,
                     DecisionKind::ScaleDown,
@@ -677,9 +707,7 @@ impl Autoscaler {
                     message,
                 });
             }
-            Err(e) => {
-                tracing::warn!(node = %node.name, pool = %pool_id, error = %e, "cannot lower replicas");
-            }
+            Err(_) => {}
         }
     }
 
@@ -690,7 +718,10 @@ impl Autoscaler {
             .filter(|t| t.key != TAINT_KEY)
             .map(taint_json)
             .collect();
-        let patch = Patch::Merge(json!({ "spec": { "unschedulable": false, "taints": taints } }));
+        let patch = Patch::Merge(json!({
+            "metadata": { "resourceVersion": node.resource_version },
+            "spec": { "unschedulable": false, "taints": taints },
+        }));
         match Api::<Node>::all(self.client.clone())
             .patch(&node.name, &PatchParams::default(), &patch)
             .await
@@ -775,10 +806,16 @@ impl Autoscaler {
 
 /// Posts queued events one at a time, off the decision loop.
 async fn post_events(client: Client, mut outbox: mpsc::Receiver<(String, Event)>) {
+    let mut failing = false;
     while let Some((namespace, event)) = outbox.recv().await {
         let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
-        if let Err(e) = api.create(&PostParams::default(), &event).await {
-            tracing::debug!(error = %e, "cannot post autoscaler event");
+        match api.create(&PostParams::default(), &event).await {
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(namespace = %namespace, error = %e, "cannot post autoscaler events");
+            }
+            Err(_) => {}
+            Ok(_) => failing = false,
         }
     }
 }
@@ -872,6 +909,9 @@ struct Actions {
 pub struct NodeFacts {
     name: String,
     uid: Option<String>,
+    /// The version its taints were read at: a cordon or uncordon written
+    /// from it fails if the node changed since (others' taints are kept).
+    resource_version: Option<String>,
     pool: Option<String>,
     machine: Option<(String, String)>,
     ready: bool,
@@ -1161,7 +1201,7 @@ pub fn observe(
             });
         let owner = machine.as_ref().and_then(|m| machine_pool.get(m));
         let spec = node.spec.as_ref();
-        let taints: Vec<Taint> = pools::node_shape(node).taints;
+        let taints: Vec<Taint> = pools::node_state(node).taints;
         let (allocatable, gpu_type) = pools::node_resources(node, false);
         let (capacity, _) = pools::node_resources(node, true);
         let ready = node
@@ -1173,6 +1213,7 @@ pub fn observe(
         facts.push(NodeFacts {
             name,
             uid: node.metadata.uid.clone(),
+            resource_version: node.metadata.resource_version.clone(),
             pool: owner.map(|(pool, _)| pool.clone()),
             machine,
             ready,
@@ -1238,14 +1279,28 @@ pub fn observe(
             md.metadata.namespace.as_deref().unwrap_or_default(),
             md.metadata.name.as_deref().unwrap_or_default()
         );
+        // A node taking pods, else any ready one (its shape leaves out
+        // the taints of being emptied).
+        let of_pool = |n: &&NodeFacts| n.pool.as_deref() == Some(&id);
         let sample = facts
             .iter()
-            .position(|n| n.pool.as_deref() == Some(&id) && n.ready && !n.being_removed)
+            .position(|n| of_pool(&n) && n.open() && !n.tainted_by_us)
+            .or_else(|| {
+                facts
+                    .iter()
+                    .position(|n| of_pool(&n) && n.ready && !n.being_removed)
+            })
             .and_then(|i| nodes.get(i))
             .map(|n| n.as_ref());
         match pools::pool_of(md, &config.pools, sample) {
             Ok(Some(mut pool)) => {
                 pool.desired = brain.desired_of(&pool.id, pool.desired, now);
+                // A new node may show no GPU at all until its device
+                // plugin reports: it has its GPUs once it shows the pool's.
+                let gpus = pool.shape.as_ref().map_or(0, |s| s.allocatable.gpus);
+                for node in facts.iter_mut().filter(|n| n.pool.as_deref() == Some(&id)) {
+                    node.gpus_ready = node.allocatable.gpus >= node.capacity.gpus.max(gpus);
+                }
                 let ready = facts
                     .iter()
                     .filter(|n| {
@@ -1322,8 +1377,10 @@ impl Brain {
         }
     }
 
+    /// The pool's replicas as of now: what this replica last asked for
+    /// (a removal earlier in the same pass included), else the cache's.
     fn desired(&self, pool: &SeenPool) -> u32 {
-        pool.pool.desired
+        self.desired_of(&pool.pool.id, pool.pool.desired, Instant::now())
     }
 
     /// Decides a pass: what to grow, what to tell, what to cordon and
@@ -1402,7 +1459,25 @@ impl Brain {
             })
             .collect();
         let demands: Vec<Demand> = seen.pending.iter().map(|p| p.demand.clone()).collect();
-        let plan = plan::plan_scale_up(&states, &rooms, &demands);
+        let mut plan = plan::plan_scale_up(&states, &rooms, &demands);
+        // A pool nothing describes yet may hold what no other can: no pod
+        // is given up for good while one exists.
+        let shapeless: Vec<&str> = seen
+            .pools
+            .iter()
+            .filter(|p| p.pool.shape.is_none())
+            .map(|p| p.pool.id.as_str())
+            .collect();
+        if !shapeless.is_empty() {
+            for placement in &mut plan.placements {
+                if let plan::Placement::Never(reason) = placement {
+                    *placement = plan::Placement::WaitsForRoom(format!(
+                        "{reason} (pools {} have no ready node and no capacity annotations to judge by)",
+                        shapeless.join(", ")
+                    ));
+                }
+            }
+        }
 
         let mut grows: BTreeMap<String, Grow> = BTreeMap::new();
         for (pool_id, n) in &plan.grow {

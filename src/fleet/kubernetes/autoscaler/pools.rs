@@ -211,6 +211,18 @@ fn shape_of(
 /// capacity, since a new node's device plugin may not have reported yet),
 /// labels and taints.
 pub fn node_shape(node: &Node) -> Shape {
+    let mut shape = node_state(node);
+    // What belongs to this node, not to its kind: its name, and the taints
+    // of its condition or of being emptied.
+    shape.labels.remove("kubernetes.io/hostname");
+    shape
+        .taints
+        .retain(|t| !t.key.starts_with("node.kubernetes.io/") && t.key != super::TAINT_KEY);
+    shape
+}
+
+/// A node's allocatable amounts, labels and taints as they are now.
+pub fn node_state(node: &Node) -> Shape {
     let (allocatable, gpu_type) = node_resources(node, true);
     let labels = node.metadata.labels.clone().unwrap_or_default();
     let taints = node
