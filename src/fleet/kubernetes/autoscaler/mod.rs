@@ -685,30 +685,25 @@ impl Autoscaler {
             tracing::warn!(node = %node.name, pool = %pool_id, error = %e, "cannot lower replicas");
             return;
         }
-        match lowered {
-            Ok(_) => {
-                brain.asked.insert(pool_id.clone(), (to, Instant::now()));
-                brain.cordoned.remove(&node.name);
-                brain.idle_since.remove(&node.name);
-                let message = format!(
-                    "removing node: Machine {machine_ns}/{machine_name} marked for deletion, pool {pool_id} {from} → {to} nodes (min {})",
-                    pool.pool.min
-                );
-                tracing::info!(node = %node.name, pool = %pool_id, machine = %machine_name, from, to, "scale-down: machine marked and replicas lowered");
-                self.handle.decide(
-                    &pool_id,
-                    DecisionKind::ScaleDown,
-                    format!("{}: {message}", node.name),
-                );
-                self.tell(&Tell {
-                    object: node.reference(),
-                    warning: false,
-                    reason: "ScaleDown",
-                    message,
-                });
-            }
-            Err(_) => {}
-        }
+        brain.asked.insert(pool_id.clone(), (to, Instant::now()));
+        brain.cordoned.remove(&node.name);
+        brain.idle_since.remove(&node.name);
+        let message = format!(
+            "removing node: Machine {machine_ns}/{machine_name} marked for deletion, pool {pool_id} {from} → {to} nodes (min {})",
+            pool.pool.min
+        );
+        tracing::info!(node = %node.name, pool = %pool_id, machine = %machine_name, from, to, "scale-down: machine marked and replicas lowered");
+        self.handle.decide(
+            &pool_id,
+            DecisionKind::ScaleDown,
+            format!("{}: {message}", node.name),
+        );
+        self.tell(&Tell {
+            object: node.reference(),
+            warning: false,
+            reason: "ScaleDown",
+            message,
+        });
     }
 
     async fn uncordon(&self, brain: &mut Brain, node: &NodeFacts, reason: &str) {
