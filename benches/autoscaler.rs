@@ -824,26 +824,26 @@ fn main() {
         ms(burst_written)
     ));
     say(&format!(
-        "  first → last pod created (store)         {:>8.1} ms",
+        "  first → last pod created (store)          {:>8.1} ms",
         chrono_ms(first_created, last_created)
     ));
     say(&format!(
-        "  first pod created → first Unschedulable  {:>8.1} ms; all {} Unschedulable after {:.1} ms",
+        "  first pod created → first Unschedulable   {:>8.1} ms; all {} Unschedulable after {:.1} ms",
         chrono_ms(first_created, first_unschedulable),
         timeline.unschedulable.len(),
         chrono_ms(first_created, last_unschedulable),
     ));
     say(&format!(
-        "  first Unschedulable → scale request      {:>8.1} ms   (aim: under 5,000 ms)",
+        "  first Unschedulable → first scale request {:>8.1} ms   (aim: under 5,000 ms)",
         chrono_ms(first_unschedulable, first_request)
     ));
     say(&format!(
-        "  last Unschedulable → scale request       {:>8.1} ms   (gathering waits {} ms quiet)",
+        "  last Unschedulable → first scale request  {:>8.1} ms   (gathering waits {} ms quiet)",
         chrono_ms(last_unschedulable, first_request),
         settings.gather_quiet_ms
     ));
     say(&format!(
-        "  first Unschedulable → last scale request {:>8.1} ms   (the whole burst asked for)",
+        "  first Unschedulable → last scale request  {:>8.1} ms   (the whole burst asked for)",
         chrono_ms(first_unschedulable, last_request)
     ));
     for request in &timeline.scale_requests {
