@@ -1416,10 +1416,13 @@ impl Brain {
             });
             quiet || now.duration_since(oldest).as_millis() >= u128::from(config.gather_max_ms)
         });
+        // Pods already planned for are planned again now and then (a node
+        // asked for may never come); new ones wait for the gathering.
         let replan = !keys.is_empty()
+            && oldest_unplanned.is_none()
             && self
                 .last_plan
-                .is_none_or(|at| now.duration_since(at) >= REPLAN);
+                .is_some_and(|at| now.duration_since(at) >= REPLAN);
         if !(gathered || replan) {
             return;
         }
