@@ -424,7 +424,7 @@ db_test!(several_idle_nodes_of_a_pool_all_go, db => {
     assert!(machines.is_empty(), "{machines:?}");
 });
 
-db_test!(a_pool_described_by_a_cordoned_node_still_takes_pods, db => {
+db_test!(a_pending_pod_takes_back_a_node_being_emptied, db => {
     let cluster = Cluster::start().await;
     cluster.set_provisioning_delay(Duration::from_millis(300));
     // No capacity annotations: the pool's only node is its description,
@@ -443,4 +443,11 @@ db_test!(a_pool_described_by_a_cordoned_node_still_takes_pods, db => {
     let id = app.submit(&token, "pods", json!({ "message": "placed" })).await;
     let done = app.wait_done(&token, &id).await;
     assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    // The pod took the node back: uncordoned, and no node added.
+    let n = cluster.store.get(Resource::NODE, "", &node).expect("the node stays");
+    assert_ne!(n["spec"]["unschedulable"], true, "{n}");
+    assert_eq!(replicas(&cluster, "cpu"), 1);
+    assert!(events(&cluster, "ScaleDownCancelled").iter().any(|e| {
+        e["message"].as_str().is_some_and(|m| m.contains("a pending pod fits it"))
+    }));
 });

@@ -480,6 +480,11 @@ impl Autoscaler {
             }
             self.cordon(brain, node).await;
         }
+        for name in actions.uncordon {
+            if let Some(node) = seen.node(&name) {
+                self.uncordon(brain, node, "a pending pod fits it").await;
+            }
+        }
         for name in actions.confirm {
             let Some(node) = seen.node(&name) else {
                 brain.cordoned.remove(&name);
@@ -896,6 +901,8 @@ struct Actions {
     decisions: Vec<(String, DecisionKind, String)>,
     tell: Vec<Tell>,
     cordon: Vec<String>,
+    /// Nodes being emptied that pending pods need.
+    uncordon: Vec<String>,
     confirm: Vec<String>,
 }
 
@@ -1443,17 +1450,27 @@ impl Brain {
                 })
             })
             .collect();
+        // Open nodes first, then those being emptied: a pending pod that
+        // fits one of those takes it back rather than growing a pool.
+        let emptying =
+            |n: &&NodeFacts| n.tainted_by_us && !n.being_removed && n.ready && n.gpus_ready;
         let rooms: Vec<NodeRoom> = seen
             .nodes
             .iter()
             .filter(|n| n.open())
+            .chain(seen.nodes.iter().filter(emptying))
             .map(|n| NodeRoom {
                 name: n.name.clone(),
                 free: n.allocatable.minus(n.used),
                 allocatable: n.allocatable,
                 gpu_type: n.gpu_type.clone(),
                 labels: n.labels.clone(),
-                taints: n.taints.clone(),
+                taints: n
+                    .taints
+                    .iter()
+                    .filter(|t| t.key != TAINT_KEY)
+                    .cloned()
+                    .collect(),
             })
             .collect();
         let demands: Vec<Demand> = seen.pending.iter().map(|p| p.demand.clone()).collect();
@@ -1504,7 +1521,14 @@ impl Brain {
                     }
                     continue;
                 }
-                plan::Placement::Existing(_) => continue,
+                plan::Placement::Existing(node) => {
+                    if seen.node(&node).is_some_and(|n| n.tainted_by_us)
+                        && !actions.uncordon.contains(&node)
+                    {
+                        actions.uncordon.push(node);
+                    }
+                    continue;
+                }
                 plan::Placement::Coming(pool) => (
                     false,
                     format!("pod waits for a node of pool {pool} already asked for"),
@@ -1616,6 +1640,9 @@ impl Brain {
             if node.being_removed {
                 self.idle_since.remove(&node.name);
                 self.cordoned.remove(&node.name);
+                continue;
+            }
+            if node.tainted_by_us && actions.uncordon.contains(&node.name) {
                 continue;
             }
             if node.tainted_by_us {
