@@ -7,9 +7,11 @@
 #[allow(dead_code, reason = "shared with the API tests, which use the rest")]
 mod support;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use kubesim::{Cluster, NodeShape, PoolSpec, Resource};
+use modelfleet::fleet::kubernetes::{AUTOSCALER_PERMISSIONS, PERMISSIONS};
 use serde_json::{Value, json};
 
 const NS: &str = "capi";
@@ -330,6 +332,27 @@ db_test!(pool_bounds_hold, db => {
     assert_eq!(replicas(&cluster, "small"), 1);
     assert_eq!(replicas(&cluster, "idle"), 1);
     assert_eq!(pool_nodes(&cluster, "idle").len(), 1);
+
+    // Growing, cordoning, confirming and telling used every call the
+    // autoscaler's ClusterRole grants, and nothing beyond the two roles.
+    let grants = |list: &[(&str, &str, &[&str])]| -> BTreeSet<(String, String)> {
+        list.iter()
+            .flat_map(|(_, resource, verbs)| verbs.iter().map(move |v| (resource.to_string(), v.to_string())))
+            .collect()
+    };
+    let autoscaler = grants(AUTOSCALER_PERMISSIONS);
+    let all: BTreeSet<_> = grants(PERMISSIONS).union(&autoscaler).cloned().collect();
+    let made: BTreeSet<(String, String)> = cluster.store.calls().keys().map(|call| {
+        let (method, resource) = call.split_once(' ').expect("METHOD resource");
+        let verb = match method {
+            "GET" => "get", "LIST" => "list", "WATCH" => "watch", "POST" => "create",
+            "PUT" => "update", "PATCH" => "patch", "DELETE" => "delete",
+            other => panic!("unexpected call {other}"),
+        };
+        (resource.to_owned(), verb.to_owned())
+    }).collect();
+    assert!(made.is_subset(&all), "calls beyond the roles: {:?}", made.difference(&all).collect::<Vec<_>>());
+    assert!(autoscaler.is_subset(&made), "granted, never called: {:?}", autoscaler.difference(&made).collect::<Vec<_>>());
 });
 
 db_test!(a_node_whose_pod_holds_an_assigned_request_is_never_removed, db => {
