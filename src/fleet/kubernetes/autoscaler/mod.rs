@@ -646,20 +646,11 @@ impl Autoscaler {
         let (Some(pool), Some((machine_ns, machine_name))) = (pool, machine) else {
             return;
         };
-        let marked = Api::<DynamicObject>::namespaced_with(
-            self.client.clone(),
-            &machine_ns,
-            &pools::machines(),
-        )
-        .patch(
-            &machine_name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "annotations": {
-                DELETE_MACHINE: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            } } })),
-        )
-        .await;
-        if let Err(e) = marked {
+        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        if let Err(e) = self
+            .mark_machine(&machine_ns, &machine_name, json!(now))
+            .await
+        {
             tracing::warn!(node = %node.name, machine = %machine_name, error = %e, "cannot mark machine for deletion");
             return;
         }
@@ -676,17 +667,9 @@ impl Autoscaler {
         if let Err(e) = &lowered {
             // Unmarked, the Machine is not taken at a later change of the
             // replicas; the node stays cordoned and is confirmed again.
-            let _ = Api::<DynamicObject>::namespaced_with(
-                self.client.clone(),
-                &machine_ns,
-                &pools::machines(),
-            )
-            .patch(
-                &machine_name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "metadata": { "annotations": { DELETE_MACHINE: null } } })),
-            )
-            .await;
+            let _ = self
+                .mark_machine(&machine_ns, &machine_name, serde_json::Value::Null)
+                .await;
             tracing::warn!(node = %node.name, pool = %pool_id, error = %e, "cannot lower replicas");
             return;
         }
@@ -748,6 +731,22 @@ impl Autoscaler {
                 tracing::warn!(node = %node.name, error = %e, "cannot uncordon node");
             }
         }
+    }
+
+    /// Sets (a time) or removes (null) the Machine's delete-machine mark.
+    async fn mark_machine(
+        &self,
+        namespace: &str,
+        name: &str,
+        mark: serde_json::Value,
+    ) -> Result<DynamicObject, kube::Error> {
+        Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, &pools::machines())
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": { DELETE_MACHINE: mark } } })),
+            )
+            .await
     }
 
     fn deployment_api(&self, namespace: &str) -> Api<DynamicObject> {
