@@ -574,17 +574,7 @@ impl Autoscaler {
                     self.config.scale_down_confirm_secs
                 );
                 tracing::info!(node = %node.name, pool = %pool, idle_secs = idle, "node cordoned for scale-down");
-                self.handle.decide(
-                    &pool,
-                    DecisionKind::Cordon,
-                    format!("{}: {message}", node.name),
-                );
-                self.tell(&Tell {
-                    object: node.reference(),
-                    warning: false,
-                    reason: "ScaleDown",
-                    message,
-                });
+                self.about_node(node, &pool, DecisionKind::Cordon, "ScaleDown", message);
             }
             Err(e) => {
                 tracing::warn!(node = %node.name, error = %e, "cannot cordon node");
@@ -681,17 +671,13 @@ impl Autoscaler {
             pool.pool.min
         );
         tracing::info!(node = %node.name, pool = %pool_id, machine = %machine_name, from, to, "scale-down: machine marked and replicas lowered");
-        self.handle.decide(
+        self.about_node(
+            node,
             &pool_id,
             DecisionKind::ScaleDown,
-            format!("{}: {message}", node.name),
-        );
-        self.tell(&Tell {
-            object: node.reference(),
-            warning: false,
-            reason: "ScaleDown",
+            "ScaleDown",
             message,
-        });
+        );
     }
 
     async fn uncordon(&self, brain: &mut Brain, node: &NodeFacts, reason: &str) {
@@ -715,22 +701,37 @@ impl Autoscaler {
                 let pool = node.pool.clone().unwrap_or_default();
                 let message = format!("node kept and uncordoned: {reason}");
                 tracing::info!(node = %node.name, pool = %pool, reason = %reason, "scale-down cancelled");
-                self.handle.decide(
+                self.about_node(
+                    node,
                     &pool,
                     DecisionKind::ScaleDownCancelled,
-                    format!("{}: {message}", node.name),
-                );
-                self.tell(&Tell {
-                    object: node.reference(),
-                    warning: false,
-                    reason: "ScaleDownCancelled",
+                    "ScaleDownCancelled",
                     message,
-                });
+                );
             }
             Err(e) => {
                 tracing::warn!(node = %node.name, error = %e, "cannot uncordon node");
             }
         }
+    }
+
+    /// Records a decision about `node` in its pool and as an event on it.
+    fn about_node(
+        &self,
+        node: &NodeFacts,
+        pool: &str,
+        kind: DecisionKind,
+        reason: &'static str,
+        message: String,
+    ) {
+        self.handle
+            .decide(pool, kind, format!("{}: {message}", node.name));
+        self.tell(&Tell {
+            object: node.reference(),
+            warning: false,
+            reason,
+            message,
+        });
     }
 
     /// Sets (a time) or removes (null) the Machine's delete-machine mark.
